@@ -1,0 +1,148 @@
+"""The appliance's configuration: embedded defaults, overridden by one TOML file.
+
+Every limit lives here so that it is configurable and documented in one place
+(`appliance config show` prints the effective values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Limits:
+    max_stanza_bytes: int = 256 * 1024      # larger stanza: policy-violation stream error
+    max_depth: int = 32                     # XML nesting inside a stanza
+    connections_per_address: int = 32       # concurrent c2s connections from one IP
+    login_failures_per_account: int = 5     # failures in the window before refusing logins
+    login_failures_per_address: int = 20
+    login_failure_window: float = 300.0     # seconds
+    handshake_timeout: float = 30.0         # connect to bound resource, seconds
+    idle_timeout: float = 900.0             # no byte at all for this long: close
+    outbox_stanzas: int = 1000              # queued outgoing stanzas before a reader is "too slow"
+    offline_per_user: int = 1000            # stored offline messages per account
+    roster_items: int = 2000
+
+
+@dataclass
+class Keepalive:
+    ping_interval: float = 300.0            # server pings a client that was silent this long
+    ping_timeout: float = 60.0              # no answer in this time: the link is dead
+
+
+@dataclass
+class Config:
+    domain: str = field(default_factory=lambda: socket.gethostname().lower() + ".local")
+    data_dir: Path = Path("data")
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0", "::"])
+    c2s_port: int = 5222                    # STARTTLS
+    c2s_tls_port: int = 5223                # direct TLS, XEP-0368
+    require_tls: bool = True                # plaintext only for loopback benchmarks
+    allow_registration: bool = False        # XEP-0077 in-band registration
+    scram_iterations: int = 10000
+    tls_cert: Path | None = None            # default: self-signed, under data_dir
+    tls_key: Path | None = None
+    log_level: str = "INFO"
+    admins: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    keepalive: Keepalive = field(default_factory=Keepalive)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "appliance.sqlite3"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.tls_cert or self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.tls_key or self.data_dir / "tls" / "key.pem"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says what to fix."""
+
+
+def _apply(target: Any, values: dict[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} must be a table")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(target, key, _coerce(current, fields[key], value, f"{where}.{key}"))
+
+
+def _coerce(current: Any, f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    if "Path" in kind:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a path string")
+        return Path(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where} must be a non-negative number")
+        return type(current)(value)
+    if isinstance(current, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string")
+    return value
+
+
+def load(path: Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the TOML file, then command-line overrides (those that are not None)."""
+    config = Config()
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        _apply(config, values, str(path))
+    _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    config.domain = config.domain.lower()
+    return config
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as TOML that `load` reads back."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        elif value is not None:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{f.name} = {_toml_value(getattr(table, f.name))}" for f in dataclasses.fields(table))
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

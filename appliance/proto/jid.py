@@ -1,0 +1,101 @@
+"""JIDs (RFC 7622): parsing, PRECIS normalisation and the 1023-byte part limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import idna
+import precis_i18n
+
+_USERNAME = precis_i18n.get_profile("UsernameCaseMapped")
+_RESOURCE = precis_i18n.get_profile("OpaqueString")
+_MAX_PART = 1023
+# RFC 7622 §3.3.1: these may not appear in a localpart even though PRECIS allows them.
+_LOCAL_FORBIDDEN = set('"&\'/:<>@')
+
+
+class InvalidJID(ValueError):
+    """Raised for a JID that cannot be normalised; callers answer jid-malformed."""
+
+
+def _limit(part: str, what: str) -> str:
+    if not part or len(part.encode()) > _MAX_PART:
+        raise InvalidJID(f"{what} must be 1 to {_MAX_PART} bytes")
+    return part
+
+
+def normalise_local(local: str) -> str:
+    if _LOCAL_FORBIDDEN & set(local):
+        raise InvalidJID("localpart contains a forbidden character")
+    try:
+        return _limit(_USERNAME.enforce(_limit(local, "localpart")), "localpart")
+    except UnicodeError as exc:
+        raise InvalidJID(f"localpart: {exc}") from None
+
+
+def normalise_domain(domain: str) -> str:
+    domain = _limit(domain.rstrip("."), "domainpart")
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain.lower()  # IPv6 literal
+    try:
+        ascii_form = domain.encode("ascii").decode().lower()
+    except UnicodeError:
+        try:
+            ascii_form = idna.encode(domain, uts46=True).decode()
+        except idna.IDNAError as exc:
+            raise InvalidJID(f"domainpart: {exc}") from None
+        return _limit(idna.decode(ascii_form), "domainpart")
+    if any(c in ascii_form for c in " @/\"'<>&:\\") or ".." in ascii_form:
+        raise InvalidJID("domainpart contains a forbidden character")
+    return ascii_form
+
+
+def normalise_resource(resource: str) -> str:
+    try:
+        return _limit(_RESOURCE.enforce(_limit(resource, "resourcepart")), "resourcepart")
+    except UnicodeError as exc:
+        raise InvalidJID(f"resourcepart: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class JID:
+    local: str | None
+    domain: str
+    resource: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> JID:
+        return _parse(text)
+
+    @property
+    def bare(self) -> JID:
+        return JID(self.local, self.domain) if self.resource else self
+
+    @property
+    def is_bare(self) -> bool:
+        return self.resource is None
+
+    def with_resource(self, resource: str) -> JID:
+        return JID(self.local, self.domain, normalise_resource(resource))
+
+    def __str__(self) -> str:
+        text = f"{self.local}@{self.domain}" if self.local else self.domain
+        return f"{text}/{self.resource}" if self.resource else text
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> JID:
+    if len(text.encode()) > 3 * _MAX_PART + 2:
+        raise InvalidJID("JID too long")
+    rest, slash, resource = text.partition("/")
+    local, at, domain = rest.rpartition("@")
+    if at and not local:
+        raise InvalidJID("empty localpart")
+    if slash and not resource:
+        raise InvalidJID("empty resourcepart")
+    return JID(
+        normalise_local(local) if at else None,
+        normalise_domain(domain),
+        normalise_resource(resource) if slash else None,
+    )
