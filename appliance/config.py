@@ -86,6 +86,8 @@ def _apply(target: Any, values: dict[str, Any], where: str) -> None:
 def _coerce(current: Any, f: dataclasses.Field, value: Any, where: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
     if "Path" in kind:
+        if isinstance(value, Path):
+            return value
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a path string")
         return Path(value)
