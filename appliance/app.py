@@ -1,0 +1,70 @@
+"""Wiring: one root nursery that starts every shell, and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+
+import trio
+
+from appliance import features
+from appliance.config import Config
+from appliance.core.server import Server
+from appliance.net import certs
+from appliance.net.c2s import C2SService
+from appliance.store.db import Database
+
+log = logging.getLogger("appliance")
+
+
+@dataclass
+class Running:
+    server: Server
+    c2s_ports: list[int]
+    c2s_tls_ports: list[int]
+    stop: trio.Event
+
+
+def build_server(config: Config, db: Database) -> Server:
+    server = Server(config, db)
+    features.setup_all(server)
+    server.table.freeze()
+    return server
+
+
+async def run(config: Config, *, handle_signals: bool = True,
+              task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if certs.ensure_certificate(config.cert_path, config.key_path, config.domain):
+        log.info("created a self-signed certificate %s (SHA-256 %s)", config.cert_path,
+                 certs.fingerprint_sha256(config.cert_path))
+    db = Database.open(config.database_path)
+    try:
+        server = build_server(config, db)
+        tls = certs.server_context(config.cert_path, config.key_path)
+        binding = ("tls-server-end-point", certs.tls_server_end_point(config.cert_path))
+        service = C2SService(server, tls, binding)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(lambda **kw: service.listen(config.c2s_port, direct_tls=False, **kw))
+            tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
+            if handle_signals:
+                nursery.start_soon(_stop_on_signal, stop)
+            log.info("serving %s (database %s)", config.domain, config.database_path)
+            task_status.started(Running(server, ports, tls_ports, stop))
+            await stop.wait()
+            log.info("shutting down: closing %d sessions", len(server.sessions))
+            await service.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        db.close()
+        log.info("stopped; database closed cleanly")
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+            return

@@ -1,0 +1,77 @@
+"""Authentication: credentials for SASL and login-failure throttling per account and per address."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from appliance.config import Limits
+from appliance.proto.sasl import AuthInfo
+from appliance.store import users
+from appliance.store.db import Database
+
+
+class _FailureLog:
+    """Failure times per key within a sliding window; forgets keys once their window is empty."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._times: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        times = self._times.get(key)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if times is not None and not times:
+            del self._times[key]
+            return None
+        return times
+
+    def blocked(self, key: str) -> bool:
+        times = self._recent(key, time.monotonic())
+        return times is not None and len(times) >= self.limit
+
+    def record(self, key: str) -> None:
+        now = time.monotonic()
+        times = self._recent(key, now) or self._times.setdefault(key, deque())
+        times.append(now)
+
+    def clear(self, key: str) -> None:
+        self._times.pop(key, None)
+
+
+class AuthManager:
+    def __init__(self, db: Database, limits: Limits) -> None:
+        self.db = db
+        self.accounts = _FailureLog(limits.login_failures_per_account, limits.login_failure_window)
+        self.addresses = _FailureLog(limits.login_failures_per_address, limits.login_failure_window)
+
+    def for_connection(self, address: str) -> ConnectionAuth:
+        return ConnectionAuth(self, address)
+
+
+class ConnectionAuth:
+    """The CredentialSource and throttle for one connection (proto.sasl and proto.c2s call it)."""
+
+    def __init__(self, manager: AuthManager, address: str) -> None:
+        self.manager = manager
+        self.address = address
+
+    def credentials(self, username: str, mechanism: str) -> AuthInfo | None:
+        found = self.manager.db.read(users.scram_credentials, username, mechanism)
+        if found is None:
+            return None
+        return found.salt, found.stored_key, found.server_key, found.iterations
+
+    def allowed(self, username: str | None) -> bool:
+        if self.manager.addresses.blocked(self.address):
+            return False
+        return username is None or not self.manager.accounts.blocked(username)
+
+    def failed(self, username: str | None) -> None:
+        self.manager.addresses.record(self.address)
+        if username:
+            self.manager.accounts.record(username)
+
+    def succeeded(self, username: str) -> None:
+        self.manager.accounts.clear(username)

@@ -1,0 +1,187 @@
+"""The Feature API and the router: what every feature module is given in `setup(server)`.
+
+Features register handlers (`hook`), event observers (`on`), stream features, pre-login IQ
+handlers and disco features; then the table is frozen. `route` carries one stanza through the
+table; `deliver` puts a stanza in one session's outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+from appliance.config import Config
+from appliance.core.auth import AuthManager
+from appliance.core.events import Event
+from appliance.core.router import Handler, Routed, RoutingTable, Target, classify, namespaces_of, parse_to
+from appliance.core.session import Session, SessionTable
+from appliance.proto.c2s import Stage
+from appliance.proto.errors import StanzaError, StreamError
+from appliance.proto.jid import JID, InvalidJID
+from appliance.proto.stanza import Element, error_reply, kind_of
+from appliance.store.db import Database
+
+log = logging.getLogger("appliance.router")
+
+Observer = Callable[..., Awaitable[bool | None]]
+PreAuthHandler = Callable[[Element, dict[str, Any]], Awaitable[Element]]
+FeatureBuilder = Callable[[Stage, "Session | None"], "Element | None"]
+
+
+class Server:
+    def __init__(self, config: Config, db: Database) -> None:
+        self.config = config
+        self.domain = config.domain
+        self.jid = JID(None, config.domain)
+        self.db = db
+        self.sessions = SessionTable()
+        self.table = RoutingTable()
+        self.auth = AuthManager(db, config.limits)
+        self.started = time.time()
+        self.stream_features: list[FeatureBuilder] = []
+        self.preauth: dict[str, PreAuthHandler] = {}
+        self.disco_features: dict[str, set[str]] = {"server": set(), "account": set()}
+        self._observers: dict[Event, list[tuple[int, Observer]]] = {}
+
+    # ---- the Feature API ----------------------------------------------------------------------
+
+    def hook(self, kind: str, namespace: str, handler: Handler, *,
+             targets: frozenset[Target], priority: int = 0) -> None:
+        self.table.add(kind, namespace, handler, targets=targets, priority=priority)
+
+    def on(self, event: Event, observer: Observer, priority: int = 0) -> None:
+        observers = self._observers.setdefault(event, [])
+        observers.append((priority, observer))
+        observers.sort(key=lambda pair: -pair[0])
+
+    async def emit(self, event: Event, *args: Any) -> bool:
+        """Run observers by priority; the first that returns True ends the chain and emit returns True."""
+        for _, observer in self._observers.get(event, ()):
+            if await observer(*args):
+                return True
+        return False
+
+    def add_stream_feature(self, builder: FeatureBuilder) -> None:
+        self.stream_features.append(builder)
+
+    def add_preauth_iq(self, namespace: str, handler: PreAuthHandler) -> None:
+        self.preauth[namespace] = handler
+
+    def add_disco_feature(self, var: str, *, server: bool = True, account: bool = False) -> None:
+        if server:
+            self.disco_features["server"].add(var)
+        if account:
+            self.disco_features["account"].add(var)
+
+    # ---- sessions -------------------------------------------------------------------------------
+
+    async def bind(self, username: str, resource: str | None, address: str,
+                   push: Callable[[Element], bool],
+                   terminate: Callable[[StreamError | None], None]) -> Session:
+        """Bind a resource (RFC 6120 §7). A second login with the same full JID replaces the first."""
+        bare = JID(username, self.domain)
+        jid = bare.with_resource(resource) if resource else self._new_resource(bare)
+        session = Session(jid, address, push, terminate)
+        old = self.sessions.add(session)
+        if old is not None:
+            log.info("%s logged in again from %s; closing the older session from %s", jid, address, old.address)
+            await self._retire(old, StreamError("conflict", "replaced by a new connection for this resource"))
+        log.info("%s bound from %s", jid, address)
+        await self.emit(Event.SESSION_BOUND, session)
+        return session
+
+    def _new_resource(self, bare: JID) -> JID:
+        while True:
+            resource = f"appliance-{secrets.token_hex(4)}"
+            if not self.sessions.has_resource(bare, resource):
+                return bare.with_resource(resource)
+
+    async def _retire(self, session: Session, error: StreamError | None) -> None:
+        session.terminate(error)
+        await self.unbind(session)
+
+    async def unbind(self, session: Session) -> None:
+        """The session is over: take it out of the table and let features react (unavailable, ...)."""
+        if session.closed:
+            return
+        self.sessions.remove(session)
+        await self.emit(Event.SESSION_CLOSED, session)
+        session.closed = True
+        session.presence = None
+
+    def deliver(self, session: Session, stanza: Element) -> bool:
+        """Queue for one session. A full outbox means a reader too slow: close it, report failure."""
+        if session.closed:
+            return False
+        if session.push(stanza):
+            return True
+        log.warning("%s is not reading (outbox full); closing its session", session.jid)
+        session.terminate(StreamError("policy-violation", "too many stanzas waiting: you read too slowly"))
+        return False
+
+    async def undelivered(self, stanzas: list[Element]) -> None:
+        """Stanzas left in a closed session's outbox: messages go round again (to another
+        resource or offline storage), requests bounce; presence is state and is re-sent on probe."""
+        for stanza in stanzas:
+            kind = kind_of(stanza)
+            if kind == "message" and stanza.get("type") != "error":
+                await self.route(stanza)
+            elif kind == "iq" and stanza.get("type") in ("get", "set"):
+                await self.route(error_reply(stanza, StanzaError("recipient-unavailable")))
+
+    # ---- routing ----------------------------------------------------------------------------------
+
+    async def route(self, el: Element, origin: Session | None = None) -> None:
+        kind = kind_of(el)
+        if kind is None:
+            return
+        if origin is not None:
+            el.set("from", str(origin.jid))
+            sender = origin.jid
+        else:
+            sender = JID.parse(el.get("from") or self.domain)
+        try:
+            to = parse_to(el)
+        except InvalidJID as exc:
+            return await self._bounce(el, origin, StanzaError("jid-malformed", str(exc)))
+        target = classify(to, sender, self.domain)
+        routed = Routed(el, kind, el.get("type"), sender, to, target, origin)
+        try:
+            for handler in self.table.chain(kind, target, namespaces_of(el, kind)):
+                if await handler(routed):
+                    return
+        except StanzaError as error:
+            return await self._bounce(el, origin, error)
+        await self._unhandled(routed)
+
+    async def _unhandled(self, routed: Routed) -> None:
+        if routed.kind == "presence" or routed.type in ("error", "result"):
+            return
+        condition = "remote-server-not-found" if routed.target is Target.REMOTE else "service-unavailable"
+        await self._bounce(routed.el, routed.origin, StanzaError(condition))
+
+    async def _bounce(self, el: Element, origin: Session | None, error: StanzaError) -> None:
+        """Answer a stanza with an error; never answer an error (RFC 6120 §8.3.1)."""
+        if el.get("type") == "error":
+            return
+        reply = error_reply(el, error)
+        if origin is not None:
+            if el.get("to") is None:
+                reply.attrib.pop("from", None)
+            self.deliver(origin, reply)
+        elif reply.get("to"):
+            reply.set("from", el.get("to") or self.domain)
+            await self.route(reply)
+
+    async def reply(self, routed: Routed, stanza: Element) -> None:
+        """Send an answer back to whoever sent `routed` (a session, or a local account)."""
+        if routed.origin is not None and stanza.get("to") in (None, str(routed.origin.jid)):
+            self.deliver(routed.origin, stanza)
+        else:
+            await self.route(stanza)
+
+    def features_for(self, stage: Stage, session: Session | None = None) -> list[Element]:
+        built = (builder(stage, session) for builder in self.stream_features)
+        return [el for el in built if el is not None]

@@ -1,0 +1,17 @@
+"""One module per RFC section or XEP, each with `setup(server)`.
+
+Imported statically (not discovered) so PyInstaller sees every one. The order is the order in
+which they register; priorities, not order, decide who runs first.
+"""
+
+from __future__ import annotations
+
+from appliance.core.server import Server
+from appliance.features import disco, iq_routing, legacy_session, message, ping, version
+
+FEATURES = [message, iq_routing, legacy_session, ping, version, disco]
+
+
+def setup_all(server: Server) -> None:
+    for feature in FEATURES:
+        feature.setup(server)

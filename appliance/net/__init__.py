@@ -1,0 +1,1 @@
+"""Trio shells: the only code that awaits sockets."""

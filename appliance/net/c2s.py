@@ -1,0 +1,307 @@
+"""Client-to-server listeners: STARTTLS on one port, direct TLS (XEP-0368) on another.
+
+One Connection per TCP connection: it feeds bytes to the sans-I/O C2SStream until a resource is
+bound, then runs a reader, a writer (draining the session's bounded outbox) and a keepalive task.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import Counter
+from typing import Any
+
+import trio
+from lxml import etree
+
+from appliance.core.server import Server
+from appliance.core.session import Session
+from appliance.proto import c2s, ns
+from appliance.proto.errors import StanzaError, StreamError
+from appliance.proto.jid import InvalidJID
+from appliance.proto.stanza import Element, make, serialize, stream_header
+
+log = logging.getLogger("appliance.c2s")
+READ_SIZE = 65536
+WRITE_BATCH = 64
+
+
+class C2SService:
+    """Owns the listeners, the per-address connection counts and the live connections."""
+
+    def __init__(self, server: Server, tls: ssl.SSLContext | None, channel_binding: tuple[str, bytes] | None) -> None:
+        self.server = server
+        self.tls = tls
+        self.channel_binding = channel_binding
+        self.per_address: Counter[str] = Counter()
+        self.connections: set[Connection] = set()
+
+    async def listen(self, port: int, *, direct_tls: bool,
+                     task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners: list[trio.SocketListener] = []
+        for host in self.server.config.listen:
+            try:
+                listeners += await trio.open_tcp_listeners(port, host=host)
+            except OSError as exc:
+                log.warning("cannot listen on [%s]:%d: %s", host, port, exc)
+        if not listeners:
+            raise OSError(f"could not listen on port {port} on any of {self.server.config.listen}")
+        ports = sorted({l.socket.getsockname()[1] for l in listeners})
+        log.info("listening for clients on port %s (%s)", ports, "direct TLS" if direct_tls else "STARTTLS")
+        task_status.started(ports)
+        await trio.serve_listeners(lambda s: self._accept(s, direct_tls), listeners)
+
+    async def _accept(self, stream: trio.SocketStream, direct_tls: bool) -> None:
+        address = stream.socket.getpeername()[0]
+        if self.per_address[address] >= self.server.config.limits.connections_per_address:
+            log.warning("refusing a connection from %s: too many connections from that address", address)
+            await _refuse(stream, self.server.domain, direct_tls)
+            return
+        self.per_address[address] += 1
+        connection = Connection(self, stream, address, direct_tls)
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Close every stream with system-shutdown and wait (bounded) for them to finish."""
+        for connection in list(self.connections):
+            connection.terminate(StreamError("system-shutdown", "the server is shutting down"))
+        with trio.move_on_after(grace):
+            while self.connections:
+                await trio.sleep(0.05)
+
+
+async def _refuse(stream: trio.SocketStream, domain: str, direct_tls: bool) -> None:
+    """Too many connections: a stream error where we can say it cheaply (plaintext), else just close."""
+    with trio.move_on_after(2):
+        try:
+            if not direct_tls:
+                error = StreamError("policy-violation", "too many connections from your address")
+                await stream.send_all(stream_header(from_=domain, id_="refused") + error.to_xml()
+                                      + b"</stream:stream>")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+class Connection:
+    def __init__(self, service: C2SService, stream: trio.SocketStream, address: str, direct_tls: bool) -> None:
+        self.service = service
+        self.server = service.server
+        self.stream: trio.abc.Stream = stream
+        self.address = address
+        self.direct_tls = direct_tls
+        self.session: Session | None = None
+        self.scope = trio.CancelScope()
+        self.close_error: StreamError | None = None
+        self.last_heard = trio.current_time()
+        self.preauth_state: dict[str, Any] = {}
+        self.auth = self.server.auth.for_connection(address)
+        send, receive = trio.open_memory_channel[bytes | Element](self.server.config.limits.outbox_stanzas)
+        self.outbox, self.outbox_reader = send, receive
+        self.proto = c2s.C2SStream(self._settings(), tls_active=direct_tls)
+
+    def _settings(self) -> c2s.Settings:
+        config, server = self.server.config, self.server
+        return c2s.Settings(
+            domain=server.domain, credentials=self.auth,
+            tls_available=self.service.tls is not None, tls_required=config.require_tls,
+            max_stanza_bytes=config.limits.max_stanza_bytes, max_depth=config.limits.max_depth,
+            channel_binding=self.service.channel_binding,
+            preauth_namespaces=frozenset(server.preauth),
+            extra_features=lambda stage: server.features_for(stage, self.session),
+            auth_allowed=self.auth.allowed,
+        )
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def terminate(self, error: StreamError | None) -> None:
+        """Close this connection from anywhere (another session's task, shutdown): cancel, then say why."""
+        if self.close_error is None:
+            self.close_error = error
+        self.scope.cancel()
+
+    async def run(self) -> None:
+        log.debug("connection from %s", self.address)
+        try:
+            with self.scope:
+                if not await self._negotiate_in_time():
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    nursery.start_soon(self._keepalive)
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            log.info("%s: connection lost (%s)", self.who, exc.__class__.__name__)
+        finally:
+            await self._finish()
+
+    @property
+    def who(self) -> str:
+        return str(self.session.jid) if self.session else self.address
+
+    async def _negotiate_in_time(self) -> bool:
+        with trio.move_on_after(self.server.config.limits.handshake_timeout):
+            if self.direct_tls:
+                await self._start_tls()
+            return await self._negotiate()
+        log.info("%s: did not finish logging in within %.0f s", self.address,
+                 self.server.config.limits.handshake_timeout)
+        self.close_error = StreamError("connection-timeout", "login took too long")
+        return False
+
+    async def _finish(self) -> None:
+        with trio.CancelScope(shield=True):
+            if self.session is not None:
+                await self.server.unbind(self.session)
+            await self._say_goodbye()
+            await self.server.undelivered(self._drain_outbox())
+            await trio.aclose_forcefully(self.stream)
+            log.info("%s: disconnected%s", self.who,
+                     f" ({self.close_error.condition})" if self.close_error else "")
+
+    async def _say_goodbye(self) -> None:
+        if self.close_error is not None:
+            self.proto.fail(self.close_error)
+        else:
+            self.proto.close()
+        with trio.move_on_after(2):
+            try:
+                await self.stream.send_all(self.proto.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.BusyResourceError):
+                pass
+
+    def _drain_outbox(self) -> list[Element]:
+        self.outbox.close()
+        left: list[Element] = []
+        while True:
+            try:
+                item = self.outbox_reader.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return left
+            if not isinstance(item, bytes):
+                left.append(item)
+
+    # ---- negotiation (request/response: the reader writes directly) -------------------------------
+
+    async def _negotiate(self) -> bool:
+        while self.proto.stage is not c2s.Stage.BOUND:
+            data = await self.stream.receive_some(READ_SIZE)
+            if not data:
+                return False
+            events = self.proto.receive_data(data)
+            await self._flush()
+            for event in events:
+                if not await self._negotiation_event(event):
+                    return False
+            await self._flush()
+        return True
+
+    async def _flush(self) -> None:
+        data = self.proto.data_to_send()
+        if data:
+            await self.stream.send_all(data)
+
+    async def _negotiation_event(self, event: c2s.Event) -> bool:
+        match event:
+            case c2s.StartTLS():
+                await self._start_tls()
+                self.proto.tls_started()
+            case c2s.Authenticated(username=username, mechanism=mechanism):
+                self.auth.succeeded(username)
+                log.info("%s authenticated as %s with %s", self.address, username, mechanism)
+            case c2s.AuthFailed(username=username, condition=condition):
+                self.auth.failed(username)
+                log.warning("%s failed to authenticate as %s (%s)", self.address, username or "?", condition)
+            case c2s.PreAuthIQ(iq=iq):
+                namespace = etree.QName(iq[0]).namespace
+                self.proto.send_stanza(await self.server.preauth[namespace](iq, self.preauth_state))
+            case c2s.BindRequested(iq=iq, resource=resource):
+                await self._bind(iq, resource)
+            case c2s.Closed(error=error):
+                if error is not None:
+                    log.info("%s: stream error %s (%s)", self.address, error.condition, error.text)
+                return False
+        return True
+
+    async def _start_tls(self) -> None:
+        assert self.service.tls is not None
+        self.stream = trio.SSLStream(self.stream, self.service.tls, server_side=True)
+        await self.stream.do_handshake()
+        log.debug("%s: TLS established", self.address)
+
+    async def _bind(self, iq: Element, resource: str | None) -> None:
+        assert self.proto.username is not None
+        try:
+            self.session = await self.server.bind(self.proto.username, resource, self.address,
+                                                  self._push, self.terminate)
+        except InvalidJID as exc:
+            self.proto.bind_failed(iq, StanzaError("bad-request", f"invalid resource: {exc}"))
+            return
+        self.proto.bind_succeeded(iq, str(self.session.jid))
+
+    # ---- bound: reader, writer, keepalive ------------------------------------------------------------
+
+    def _push(self, stanza: Element) -> bool:
+        try:
+            self.outbox.send_nowait(stanza)
+            return True
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+
+    async def _read_loop(self) -> None:
+        idle = self.server.config.limits.idle_timeout
+        while True:
+            with trio.move_on_after(idle) as timer:
+                data = await self.stream.receive_some(READ_SIZE)
+            if timer.cancelled_caught:
+                self.close_error = StreamError("connection-timeout", "idle for too long")
+                return
+            if not data:
+                return
+            self.last_heard = trio.current_time()
+            events = self.proto.receive_data(data)
+            pending = self.proto.data_to_send()
+            if pending:
+                await self.outbox.send(pending)
+            for event in events:
+                if isinstance(event, c2s.StanzaIn):
+                    await self.server.route(event.stanza, self.session)
+                elif isinstance(event, c2s.Closed):
+                    self.close_error = self.close_error or event.error
+                    return
+
+    async def _write_loop(self) -> None:
+        async for item in self.outbox_reader:
+            batch = [item]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self.outbox_reader.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.stream.send_all(b"".join(i if isinstance(i, bytes) else serialize(i) for i in batch))
+
+    async def _keepalive(self) -> None:
+        """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead."""
+        keepalive = self.server.config.keepalive
+        assert self.session is not None
+        while True:
+            await trio.sleep_until(self.last_heard + keepalive.ping_interval)
+            if trio.current_time() < self.last_heard + keepalive.ping_interval:
+                continue
+            asked = trio.current_time()
+            ping = make("iq", to=self.session.jid, from_=self.server.domain, type_="get", id_=f"ping-{asked:.0f}")
+            etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap={None: ns.PING})
+            self._push(ping)
+            await trio.sleep(keepalive.ping_timeout)
+            if self.last_heard < asked:
+                log.info("%s: no answer to ping in %.0f s; the link is dead", self.who, keepalive.ping_timeout)
+                self.terminate(StreamError("connection-timeout", "no answer to ping"))
+                return
