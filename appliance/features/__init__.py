@@ -7,9 +7,9 @@ which they register; priorities, not order, decide who runs first.
 from __future__ import annotations
 
 from appliance.core.server import Server
-from appliance.features import disco, iq_routing, legacy_session, message, ping, version
+from appliance.features import disco, iq_routing, legacy_session, message, ping, register, version
 
-FEATURES = [message, iq_routing, legacy_session, ping, version, disco]
+FEATURES = [message, iq_routing, legacy_session, ping, version, disco, register]
 
 
 def setup_all(server: Server) -> None:

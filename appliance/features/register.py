@@ -1,0 +1,119 @@
+"""XEP-0077 in-band registration: sign-up before login (when enabled), password change and account
+removal after login. `appliance user` does the same from the command line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from lxml import etree
+
+from appliance.core.events import Event
+from appliance.core.router import Routed, Target
+from appliance.core.server import Server
+from appliance.proto import ns
+from appliance.proto.c2s import Stage
+from appliance.proto.errors import StanzaError, StreamError
+from appliance.proto.jid import InvalidJID, normalise_local
+from appliance.proto.stanza import Element, error_reply, iq_result
+from appliance.store import users
+
+log = logging.getLogger("appliance.register")
+Q = f"{{{ns.REGISTER}}}"
+
+
+def setup(server: Server) -> None:
+    config = server.config
+
+    def feature(stage: Stage, session: object) -> Element | None:
+        if stage is Stage.PRE_AUTH and config.allow_registration:
+            return etree.Element(f"{{{ns.REGISTER_FEATURE}}}register", nsmap={None: ns.REGISTER_FEATURE})
+        return None
+
+    async def before_login(iq: Element, state: dict[str, Any]) -> Element:
+        try:
+            if not (config.allow_registration or state.get("may_register")):
+                raise StanzaError("service-unavailable", "registration is disabled on this server")
+            if iq.get("type") == "get":
+                return iq_result(iq, _form(instructions="Choose a username and password."))
+            if iq.get("type") != "set":
+                raise StanzaError("bad-request")
+            username, password = _credentials(iq)
+            await _create(server, username, password)
+            log.info("registered %s@%s in-band", username, server.domain)
+            return iq_result(iq)
+        except StanzaError as error:
+            return error_reply(iq, error)
+
+    async def after_login(routed: Routed) -> bool:
+        assert routed.origin is not None
+        username = routed.origin.username
+        if routed.type == "get":
+            form = _form(registered=True)
+            etree.SubElement(form, Q + "username").text = username
+            await server.reply(routed, iq_result(routed.el, form))
+        elif routed.type == "set" and routed.payload is not None and routed.payload.find(Q + "remove") is not None:
+            await _remove(server, routed, username)
+        elif routed.type == "set":
+            await _change_password(server, routed, username)
+        else:
+            raise StanzaError("bad-request")
+        return True
+
+    server.add_stream_feature(feature)
+    server.add_preauth_iq(ns.REGISTER, before_login)
+    server.hook("iq", ns.REGISTER, after_login, targets=frozenset({Target.SERVER, Target.ACCOUNT}))
+    server.add_disco_feature(ns.REGISTER)
+
+
+def _form(*, instructions: str | None = None, registered: bool = False) -> Element:
+    query = etree.Element(Q + "query", nsmap={None: ns.REGISTER})
+    if registered:
+        etree.SubElement(query, Q + "registered")
+        return query
+    if instructions:
+        etree.SubElement(query, Q + "instructions").text = instructions
+    etree.SubElement(query, Q + "username")
+    etree.SubElement(query, Q + "password")
+    return query
+
+
+def _credentials(iq: Element) -> tuple[str, str]:
+    query = iq.find(Q + "query")
+    username = query.findtext(Q + "username") if query is not None else None
+    password = query.findtext(Q + "password") if query is not None else None
+    if not username or not password:
+        raise StanzaError("not-acceptable", "username and password are required")
+    try:
+        return normalise_local(username.strip()), password
+    except InvalidJID as exc:
+        raise StanzaError("not-acceptable", f"invalid username: {exc}") from None
+
+
+async def _create(server: Server, username: str, password: str) -> None:
+    # PBKDF2 for two hashes takes milliseconds: derive in a thread, write in one short transaction.
+    credentials = await trio.to_thread.run_sync(users.make_credentials, password, server.config.scram_iterations)
+    try:
+        await server.db.write(users.insert_user, username, credentials)
+    except users.UserExists:
+        raise StanzaError("conflict", "that username is taken") from None
+
+
+async def _change_password(server: Server, routed: Routed, username: str) -> None:
+    given, password = _credentials(routed.el)
+    if given != username:
+        raise StanzaError("not-allowed", "you can change only your own password")
+    credentials = await trio.to_thread.run_sync(users.make_credentials, password, server.config.scram_iterations)
+    await server.db.write(users.store_credentials, username, credentials)
+    log.info("%s changed their password", routed.from_.bare)
+    await server.reply(routed, iq_result(routed.el))
+
+
+async def _remove(server: Server, routed: Routed, username: str) -> None:
+    await server.db.write(users.delete_user, username)
+    log.info("%s removed their account", routed.from_.bare)
+    await server.reply(routed, iq_result(routed.el))
+    await server.emit(Event.USER_DELETED, username)
+    for session in server.sessions.of(routed.from_.bare):
+        session.terminate(StreamError("not-authorized", "this account has been removed"))

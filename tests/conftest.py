@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.harness import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One appliance per test module (registration enabled), stopped by its PID at the end."""
+    proc = ServerProcess(tmp_path_factory.mktemp("appliance"), settings={"allow_registration": True})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own, for tests that kill, restart or reconfigure it."""
+    proc = ServerProcess(tmp_path / "appliance")
+    yield proc
+    if proc.proc is not None:
+        proc.stop()

@@ -1,0 +1,115 @@
+"""Start the real appliance as a subprocess on free loopback ports, with its own data directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DOMAIN = "appliance.test"
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+@dataclass
+class ServerProcess:
+    data: Path
+    settings: dict[str, object] = field(default_factory=dict)
+    domain: str = DOMAIN
+    port: int = 0
+    tls_port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def cert(self) -> Path:
+        return self.data / "tls" / "cert.pem"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data / "server.log"
+
+    def write_config(self) -> Path:
+        self.port, self.tls_port = free_port(), free_port()
+        lines = [f'domain = "{self.domain}"', f'data_dir = "{self.data}"', 'listen = ["127.0.0.1"]',
+                 f"c2s_port = {self.port}", f"c2s_tls_port = {self.tls_port}", 'log_level = "DEBUG"',
+                 "scram_iterations = 4096"]
+        tables: dict[str, dict[str, object]] = {}
+        for key, value in self.settings.items():
+            if "." in key:
+                table, name = key.split(".", 1)
+                tables.setdefault(table, {})[name] = value
+            else:
+                lines.append(f"{key} = {_toml(value)}")
+        for table, values in tables.items():
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        path = self.data / "appliance.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> ServerProcess:
+        self.data.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        wait_for_port(self.tls_port, self.proc)
+        return self
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "appliance", *args, "--config", str(self.data / "appliance.toml")],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    def add_user(self, name: str, password: str = PASSWORD) -> str:
+        result = self.cli("user", "add", name, stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+        return f"{name}@{self.domain}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value) + '"'
+
+
+def env_without_proxies() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
