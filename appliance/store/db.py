@@ -1,0 +1,124 @@
+"""The database handle: one serialised writer connection, one reader connection, WAL.
+
+Writes go through `write` (from trio) or `write_sync` (CLI, start-up): each call is one
+`BEGIN IMMEDIATE ... COMMIT` transaction around a plain function `fn(conn, *args)`, so a caller that
+awaits `write` knows its change is durable when the await returns. Reads are short indexed queries
+run directly on the event loop through a separate connection, which WAL lets read while the writer
+writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import trio
+
+from appliance.store import schema
+
+T = TypeVar("T")
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+BUSY_TIMEOUT_MS = 5000  # another process (the CLI, the server) may hold the write lock briefly
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    # isolation_level=None: the sqlite3 module must not open transactions behind our back.
+    # check_same_thread=False: writes run on trio's worker threads; self._lock serialises them.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")  # per connection, and needed for ON DELETE CASCADE
+    return conn
+
+
+def _transaction(conn: sqlite3.Connection, begin: str, fn: Callable[..., T], args: tuple) -> T:
+    conn.execute(begin)
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        # Also after a failed COMMIT (disk full): never leave the connection inside a transaction.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+class Database:
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self.writes = 0  # committed write transactions, for stats and the group-commit benchmark
+        self._writer = writer
+        self._reader = reader
+        # The limiter keeps trio tasks queued in trio rather than in blocked worker threads; the
+        # lock also covers write_sync, which may run beside trio (start-up, tests).
+        self._limiter = trio.CapacityLimiter(1)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, synchronous: str = "FULL") -> Database:
+        """Open (creating if needed) and migrate. FULL: an acknowledged message survives power loss."""
+        synchronous = synchronous.upper()
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _connect(path, synchronous)
+        try:
+            schema.migrate(writer, path)
+            reader = _connect(path, synchronous)
+        except BaseException:
+            writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) in one write transaction on a worker thread; returns after COMMIT."""
+        # Not abandoned on cancel: the caller must learn whether the transaction committed.
+        return await trio.to_thread.run_sync(self.write_sync, fn, *args, limiter=self._limiter)
+
+    def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like `write`, blocking; for the CLI and start-up, where no trio loop runs."""
+        with self._lock:
+            self._check_open()
+            result = _transaction(self._writer, "BEGIN IMMEDIATE", fn, args)
+            self.writes += 1
+            return result
+
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) on the reader connection, in one read transaction.
+
+        The transaction gives fn one consistent snapshot across several SELECTs. It blocks the
+        caller, so keep fn to short indexed queries when calling it on the event loop.
+        """
+        self._check_open()
+        return _transaction(self._reader, "BEGIN DEFERRED", fn, args)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close both connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._reader.close()
+            try:
+                # PASSIVE never waits for another process's readers; the last connection to close
+                # (ours, unless the server is still running) checkpoints fully and removes the WAL.
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._writer.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"database {self.path} is closed")
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

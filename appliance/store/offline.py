@@ -1,0 +1,42 @@
+"""Offline message storage (XEP-0160): stanzas kept for an account until its next available presence."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from appliance.store.users import require_user
+
+
+class OfflineFull(Exception):
+    """The user already has `limit` stored messages; the sender gets an error, nothing is dropped."""
+
+
+def store_message(conn: sqlite3.Connection, user: str, stanza_xml: bytes, stamp: float, limit: int) -> int:
+    """Store one message; returns its id. Raises OfflineFull, or NoSuchUser for an unknown account."""
+    require_user(conn, user)
+    if count_messages(conn, user) >= limit:
+        raise OfflineFull(f"{user} has {limit} offline messages already")
+    cursor = conn.execute(
+        "INSERT INTO offline_messages (username, stamp, stanza) VALUES (?, ?, ?)",
+        (user, stamp, bytes(stanza_xml)),
+    )
+    return cursor.lastrowid
+
+
+def fetch_messages(conn: sqlite3.Connection, user: str) -> list[tuple[int, bytes, float]]:
+    """(id, stanza, stamp), oldest first. Delete them with delete_messages once delivered."""
+    rows = conn.execute(
+        "SELECT id, stanza, stamp FROM offline_messages WHERE username = ? ORDER BY id", (user,)
+    )
+    return [(id_, bytes(stanza), stamp) for id_, stanza, stamp in rows]
+
+
+def delete_messages(conn: sqlite3.Connection, user: str, ids: list[int]) -> None:
+    # One statement per id: an IN (...) list could pass SQLite's bound-variable limit.
+    conn.executemany(
+        "DELETE FROM offline_messages WHERE username = ? AND id = ?", [(user, id_) for id_ in ids]
+    )
+
+
+def count_messages(conn: sqlite3.Connection, user: str) -> int:
+    return conn.execute("SELECT count(*) FROM offline_messages WHERE username = ?", (user,)).fetchone()[0]

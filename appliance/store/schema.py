@@ -1,0 +1,110 @@
+"""Schema migrations: an ordered list of SQL scripts, applied by `PRAGMA user_version`.
+
+Migration N (1-based) brings the database from user_version N-1 to N. Never edit a released
+migration; append a new one. All pending migrations run in one IMMEDIATE transaction, so a server
+and a CLI opening the same fresh file at once cannot both apply them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: accounts, SCRAM keys, roster, pending inbound subscriptions, offline messages.
+    """
+    CREATE TABLE users (
+        username        TEXT PRIMARY KEY,           -- normalised localpart
+        created         INTEGER NOT NULL DEFAULT (strftime('%s', 'now')),
+        roster_version  INTEGER NOT NULL DEFAULT 0  -- RFC 6121 §2.6, bumped on every roster change
+    );
+
+    -- Only salted SCRAM keys, never the password (RFC 5802 §5).
+    CREATE TABLE scram_credentials (
+        username    TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        mechanism   TEXT NOT NULL,                  -- 'SCRAM-SHA-1', 'SCRAM-SHA-256'
+        salt        BLOB NOT NULL,
+        stored_key  BLOB NOT NULL,
+        server_key  BLOB NOT NULL,
+        iterations  INTEGER NOT NULL,
+        PRIMARY KEY (username, mechanism)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE roster_items (
+        username      TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        contact       TEXT NOT NULL,                -- bare JID
+        name          TEXT,
+        subscription  TEXT NOT NULL DEFAULT 'none'
+                      CHECK (subscription IN ('none', 'to', 'from', 'both')),
+        ask           INTEGER NOT NULL DEFAULT 0,   -- outbound subscribe pending
+        approved      INTEGER NOT NULL DEFAULT 0,   -- inbound subscription pre-approved
+        groups        TEXT NOT NULL DEFAULT '[]',   -- JSON array; always read with the item
+        PRIMARY KEY (username, contact)
+    ) WITHOUT ROWID;
+
+    -- Inbound subscribe stanzas awaiting the user's answer (RFC 6121 §3.1.3), one per contact.
+    CREATE TABLE roster_pending_in (
+        username  TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        contact   TEXT NOT NULL,
+        stanza    BLOB NOT NULL,
+        PRIMARY KEY (username, contact)
+    );
+
+    -- AUTOINCREMENT so an id is never reused once delivered and deleted (clients may remember ids).
+    CREATE TABLE offline_messages (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        username  TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        stamp     REAL NOT NULL,                    -- unix time received, for XEP-0203 <delay/>
+        stanza    BLOB NOT NULL
+    );
+    CREATE INDEX offline_messages_by_user ON offline_messages(username, id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer appliance; running older code on it could corrupt it."""
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection, path: object = "database") -> int:
+    """Bring the schema up to SCHEMA_VERSION; a no-op when it already is. Returns the version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = current_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{path} has schema version {version}, but this appliance knows only up to "
+                f"{SCHEMA_VERSION}; run a newer appliance or restore a backup made by this one"
+            )
+        for script in MIGRATIONS[version:]:
+            for statement in _statements(script):
+                conn.execute(statement)
+        # PRAGMA takes no parameters; SCHEMA_VERSION is our own int.
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements; executescript() would COMMIT our transaction first."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        # complete_statement knows about semicolons inside strings and trigger bodies.
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                statements.append(pending)
+            pending = ""
+    if pending.strip(" \n\t;"):
+        raise ValueError(f"incomplete SQL statement in migration: {pending!r}")
+    return statements

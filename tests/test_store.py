@@ -1,0 +1,330 @@
+"""The SQLite store on real database files: schema, users, roster, offline, the writer."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+import scramp
+import trio
+
+from appliance.store import offline, roster, schema, users
+from appliance.store.db import Database
+from appliance.store.roster import RosterItem
+
+ITERATIONS = 4096  # the RFC 7677 minimum; the default config uses more
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database.open(tmp_path / "data" / "appliance.sqlite3")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def alice(db):
+    db.write_sync(users.create_user, "alice", "alice-secret", ITERATIONS)
+    return "alice"
+
+
+# --- schema and connection ---------------------------------------------------------------------
+
+def test_open_creates_directory_and_sets_pragmas(tmp_path):
+    path = tmp_path / "new" / "dir" / "db.sqlite3"
+    with Database.open(path) as db:
+        pragmas = db.read(lambda c: [c.execute(f"PRAGMA {p}").fetchone()[0]
+                                     for p in ("journal_mode", "foreign_keys", "busy_timeout",
+                                               "synchronous", "user_version")])
+    assert pragmas == ["wal", 1, 5000, 2, schema.SCHEMA_VERSION]  # synchronous 2 = FULL
+
+
+def test_synchronous_is_configurable_and_checked(tmp_path):
+    with Database.open(tmp_path / "a.sqlite3", synchronous="normal") as db:
+        assert db.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1
+    with pytest.raises(ValueError):
+        Database.open(tmp_path / "b.sqlite3", synchronous="FULL; DROP TABLE users")
+
+
+def _schema_sql(db):
+    return db.read(lambda c: c.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
+
+
+def test_migrations_are_idempotent(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    with Database.open(path) as db:
+        first = _schema_sql(db)
+        db.write_sync(users.create_user, "alice", "pw", ITERATIONS)
+    with Database.open(path) as db:
+        assert _schema_sql(db) == first
+        assert db.read(users.list_users) == ["alice"]
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert schema.migrate(conn) == schema.migrate(conn) == schema.SCHEMA_VERSION
+    conn.close()
+
+
+def test_newer_database_is_refused(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    Database.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(schema.SchemaTooNew, match="newer appliance"):
+        Database.open(path)
+
+
+def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "db.sqlite3"
+    Database.open(path).close()
+    broken = "CREATE TABLE half_done (x); SELECT no_such_function();"
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [broken])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    with pytest.raises(sqlite3.OperationalError):
+        Database.open(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION - 1
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchall()
+    conn.close()
+
+
+def test_statement_split_respects_strings():
+    script = "CREATE TABLE t (x TEXT DEFAULT 'a;b'); -- note; here\nINSERT INTO t VALUES ('c;d');"
+    assert len(schema._statements(script)) == 2
+
+
+def test_write_rolls_back_on_error(db):
+    def create_then_fail(conn):
+        users.create_user(conn, "ghost", "pw", ITERATIONS)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        db.write_sync(create_then_fail)
+    assert not db.read(users.user_exists, "ghost")
+    assert db.writes == 0
+    db.write_sync(users.create_user, "ghost", "pw", ITERATIONS)  # the connection is usable again
+    assert db.writes == 1
+
+
+def test_close_is_idempotent_and_final(tmp_path):
+    db = Database.open(tmp_path / "db.sqlite3")
+    db.close()
+    db.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        db.write_sync(users.list_users)
+    assert not (tmp_path / "db.sqlite3-wal").exists()  # the last close checkpoints the WAL away
+
+
+# --- users -------------------------------------------------------------------------------------
+
+def test_user_crud(db, alice):
+    assert db.read(users.user_exists, "alice")
+    assert not db.read(users.user_exists, "bob")
+    with pytest.raises(users.UserExists):
+        db.write_sync(users.create_user, "alice", "other", ITERATIONS)
+    db.write_sync(users.create_user, "bob", "bob-secret", ITERATIONS)
+    assert db.read(users.list_users) == ["alice", "bob"]
+    assert db.write_sync(users.set_password, "bob", "new", ITERATIONS) is True
+    assert db.write_sync(users.set_password, "carol", "new", ITERATIONS) is False
+    assert db.write_sync(users.delete_user, "bob") is True
+    assert db.write_sync(users.delete_user, "bob") is False
+    assert db.read(users.list_users) == ["alice"]
+
+
+def _matches(creds: users.ScramCredentials, mechanism: str, password: str) -> bool:
+    _salt, stored_key, server_key, _ = scramp.ScramMechanism(mechanism).make_auth_info(
+        password, iteration_count=creds.iterations, salt=creds.salt)
+    return (stored_key, server_key) == (creds.stored_key, creds.server_key)
+
+
+@pytest.mark.parametrize("mechanism", users.MECHANISMS)
+def test_credentials_verify(db, alice, mechanism):
+    creds = db.read(users.scram_credentials, "alice", mechanism)
+    assert creds.iterations == ITERATIONS and len(creds.salt) >= 16
+    assert _matches(creds, mechanism, "alice-secret")
+    assert not _matches(creds, mechanism, "wrong")
+    db.write_sync(users.set_password, "alice", "changed", ITERATIONS)
+    creds = db.read(users.scram_credentials, "alice", mechanism)
+    assert _matches(creds, mechanism, "changed") and not _matches(creds, mechanism, "alice-secret")
+
+
+@pytest.mark.parametrize("mechanism", users.MECHANISMS)
+def test_full_scram_exchange_against_stored_keys(db, alice, mechanism):
+    def auth_fn(username):
+        c = db.read(users.scram_credentials, username, mechanism)
+        return c.salt, c.stored_key, c.server_key, c.iterations
+
+    server = scramp.ScramMechanism(mechanism).make_server(auth_fn)
+    client = scramp.ScramClient([mechanism], "alice", "alice-secret")
+    server.set_client_first(client.get_client_first())
+    client.set_server_first(server.get_server_first())
+    server.set_client_final(client.get_client_final())
+    client.set_server_final(server.get_server_final())  # raises if the server's proof is wrong
+
+
+def test_unknown_mechanism_or_user(db, alice):
+    assert db.read(users.scram_credentials, "alice", "SCRAM-SHA-512") is None
+    assert db.read(users.scram_credentials, "bob", "SCRAM-SHA-256") is None
+
+
+def test_no_plaintext_password_in_database_files(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    secrets = ["first-PLAINTEXT-secret-42", "second-PLAINTEXT-secret-43"]
+    with Database.open(path) as db:
+        db.write_sync(users.create_user, "alice", secrets[0], ITERATIONS)
+        db.write_sync(users.set_password, "alice", secrets[1], ITERATIONS)
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("db.sqlite3")]
+        contents = b"".join(p.read_bytes() for p in files)  # main file and WAL, while open
+    contents += path.read_bytes()
+    for secret in secrets:
+        assert secret.encode() not in contents
+        assert secret.encode("utf-16-le") not in contents
+    assert b"alice" in contents  # the search itself does see the data
+
+
+def test_make_credentials_is_pure_and_salted():
+    a = users.make_credentials("pw", ITERATIONS)
+    b = users.make_credentials("pw", ITERATIONS)
+    assert set(a) == set(users.MECHANISMS)
+    assert a["SCRAM-SHA-256"].salt != b["SCRAM-SHA-256"].salt
+    assert a["SCRAM-SHA-1"].stored_key != a["SCRAM-SHA-256"].stored_key
+
+
+# --- roster ------------------------------------------------------------------------------------
+
+def test_roster_versioning(db, alice):
+    assert db.read(roster.get_roster, "alice") == (0, [])
+    bob = RosterItem("bob@example.local", name="Bob", groups=["Friends", "Work", "Friends"])
+    assert db.write_sync(roster.set_item, "alice", bob) == 1
+    assert db.write_sync(roster.set_item, "alice", bob) == 1  # no change, no new version
+    carol = RosterItem("carol@example.org", subscription="both", ask=True, approved=True)
+    assert db.write_sync(roster.set_item, "alice", carol) == 2
+    bob.subscription = "to"
+    assert db.write_sync(roster.set_item, "alice", bob) == 3
+    version, items = db.read(roster.get_roster, "alice")
+    assert version == 3 == db.read(roster.roster_version, "alice")
+    assert [i.contact for i in items] == ["bob@example.local", "carol@example.org"]
+    assert items[0] == RosterItem("bob@example.local", "Bob", "to", False, False, ["Friends", "Work"])
+    assert items[1] == carol
+    assert db.read(roster.count_items, "alice") == 2
+    assert db.write_sync(roster.remove_item, "alice", "carol@example.org") == 4
+    assert db.write_sync(roster.remove_item, "alice", "carol@example.org") is None
+    assert db.read(roster.get_item, "alice", "carol@example.org") is None
+    assert db.read(roster.roster_version, "alice") == 4
+
+
+def test_roster_rejects_bad_input(db, alice):
+    with pytest.raises(ValueError):
+        db.write_sync(roster.set_item, "alice", RosterItem("bob@x", subscription="maybe"))
+    with pytest.raises(users.NoSuchUser):
+        db.write_sync(roster.set_item, "nobody", RosterItem("bob@x"))
+    assert db.read(roster.roster_version, "alice") == 0
+
+
+def test_pending_inbound_subscriptions(db, alice):
+    db.write_sync(roster.store_pending_in, "alice", "bob@x", b"<presence type='subscribe'>1</presence>")
+    db.write_sync(roster.store_pending_in, "alice", "carol@y", b"<presence type='subscribe'/>")
+    db.write_sync(roster.store_pending_in, "alice", "bob@x", b"<presence type='subscribe'>2</presence>")
+    assert db.read(roster.pending_in, "alice") == [
+        ("bob@x", b"<presence type='subscribe'>2</presence>"),
+        ("carol@y", b"<presence type='subscribe'/>"),
+    ]
+    assert db.write_sync(roster.clear_pending_in, "alice", "bob@x") is True
+    assert db.write_sync(roster.clear_pending_in, "alice", "bob@x") is False
+    assert [c for c, _ in db.read(roster.pending_in, "alice")] == ["carol@y"]
+    with pytest.raises(users.NoSuchUser):
+        db.write_sync(roster.store_pending_in, "nobody", "bob@x", b"<presence/>")
+
+
+# --- offline -----------------------------------------------------------------------------------
+
+def test_offline_store_fetch_delete(db, alice):
+    ids = [db.write_sync(offline.store_message, "alice", f"<message>{n}</message>".encode(), 100.0 + n, 3)
+           for n in range(3)]
+    with pytest.raises(offline.OfflineFull):
+        db.write_sync(offline.store_message, "alice", b"<message>overflow</message>", 200.0, 3)
+    stored = db.read(offline.fetch_messages, "alice")
+    assert stored == [(ids[n], f"<message>{n}</message>".encode(), 100.0 + n) for n in range(3)]
+    db.write_sync(offline.delete_messages, "alice", ids[:2])
+    assert db.read(offline.count_messages, "alice") == 1
+    new_id = db.write_sync(offline.store_message, "alice", b"<message>3</message>", 300.0, 3)
+    assert new_id > max(ids)  # ids are never reused
+    db.write_sync(offline.delete_messages, "bob", [new_id])  # another user's ids are not touched
+    assert db.read(offline.count_messages, "alice") == 2
+    with pytest.raises(users.NoSuchUser):
+        db.write_sync(offline.store_message, "nobody", b"<message/>", 1.0, 10)
+
+
+def test_delete_user_cascades(db, alice):
+    db.write_sync(users.create_user, "bob", "pw", ITERATIONS)
+    for user in ("alice", "bob"):
+        db.write_sync(roster.set_item, user, RosterItem("carol@x"))
+        db.write_sync(roster.store_pending_in, user, "dave@x", b"<presence/>")
+        db.write_sync(offline.store_message, user, b"<message/>", 1.0, 10)
+    assert db.write_sync(users.delete_user, "alice")
+    assert db.read(roster.get_roster, "alice") == (0, [])
+    assert db.read(roster.pending_in, "alice") == []
+    assert db.read(offline.count_messages, "alice") == 0
+    assert all(db.read(users.scram_credentials, "alice", m) is None for m in users.MECHANISMS)
+    assert db.read(roster.count_items, "bob") == 1
+    assert len(db.read(roster.pending_in, "bob")) == 1
+    assert db.read(offline.count_messages, "bob") == 1
+    # A new account under the old name starts empty.
+    db.write_sync(users.create_user, "alice", "pw", ITERATIONS)
+    assert db.read(roster.get_roster, "alice") == (0, [])
+
+
+# --- the writer from trio ----------------------------------------------------------------------
+
+async def test_async_write_and_read(db):
+    creds = await trio.to_thread.run_sync(users.make_credentials, "pw", ITERATIONS)
+    await db.write(users.insert_user, "alice", creds)
+    assert db.read(users.user_exists, "alice")
+    assert await db.write(roster.set_item, "alice", RosterItem("bob@x")) == 1
+    assert db.writes == 2
+
+
+async def test_concurrent_writes_are_serialised(db, alice):
+    inside = 0
+    most_inside = 0
+
+    def slow_increment(conn):
+        nonlocal inside, most_inside
+        inside += 1
+        most_inside = max(most_inside, inside)
+        version = roster.roster_version(conn, "alice")
+        time.sleep(0.002)  # widen the window for a lost update
+        conn.execute("UPDATE users SET roster_version = ? WHERE username = 'alice'", (version + 1,))
+        inside -= 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(25):
+            nursery.start_soon(db.write, slow_increment)
+    assert most_inside == 1
+    assert db.read(roster.roster_version, "alice") == 25
+    assert db.writes == 26  # alice's creation too
+
+
+async def test_reads_do_not_wait_for_a_running_write(db, alice):
+    started, release = threading.Event(), threading.Event()
+
+    def long_write(conn):
+        users.delete_user(conn, "alice")
+        started.set()
+        release.wait(5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.write, long_write)
+        await trio.to_thread.run_sync(started.wait, 5)
+        t0 = time.monotonic()
+        assert db.read(users.list_users) == ["alice"]  # the last committed snapshot
+        assert time.monotonic() - t0 < 0.5
+        release.set()
+    assert db.read(users.list_users) == []
+
+
+async def test_cancelled_write_still_completes(db):
+    with trio.move_on_after(0.001):
+        await db.write(lambda conn: (time.sleep(0.05), users.create_user(conn, "bob", "pw", ITERATIONS)))
+    assert db.read(users.user_exists, "bob")  # the caller waited; the outcome is known
