@@ -28,7 +28,7 @@ class Client(slixmpp.ClientXMPP):
     def __init__(self, server: ServerProcess, jid: str, password: str = PASSWORD, *,
                  direct_tls: bool = False, plugins: tuple[str, ...] = ("xep_0030", "xep_0199", "xep_0092")) -> None:
         super().__init__(jid, password)
-        self.server = server
+        self.appliance = server
         self.direct_tls = direct_tls
         self.ssl_context = ssl.create_default_context(cafile=str(server.cert))
         self.enable_direct_tls = direct_tls
@@ -50,7 +50,7 @@ class Client(slixmpp.ClientXMPP):
         started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
         self.add_event_handler("failed_all_auth", lambda _: started.done() or started.set_result(False))
-        port = self.server.tls_port if self.direct_tls else self.server.port
+        port = self.appliance.tls_port if self.direct_tls else self.appliance.port
         self.connect("127.0.0.1", port)
         if not await asyncio.wait_for(started, timeout):
             raise PermissionError("authentication failed")

@@ -23,6 +23,7 @@ from appliance.proto.stanza import Element, make, serialize, stream_header
 
 log = logging.getLogger("appliance.c2s")
 READ_SIZE = 65536
+CONNECTION_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 WRITE_BATCH = 64
 
 
@@ -62,6 +63,8 @@ class C2SService:
         self.connections.add(connection)
         try:
             await connection.run()
+        except Exception:  # a bug in one connection must never take the server down
+            log.exception("%s: internal error; connection dropped", connection.who)
         finally:
             self.connections.discard(connection)
             self.per_address[address] -= 1
@@ -138,8 +141,8 @@ class Connection:
                     nursery.start_soon(self._keepalive)
                     await self._read_loop()
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
-            log.info("%s: connection lost (%s)", self.who, exc.__class__.__name__)
+        except* CONNECTION_LOST as group:
+            log.info("%s: connection lost (%s)", self.who, group.exceptions[0].__class__.__name__)
         finally:
             await self._finish()
 
@@ -175,7 +178,7 @@ class Connection:
         with trio.move_on_after(2):
             try:
                 await self.stream.send_all(self.proto.data_to_send())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.BusyResourceError):
+            except (*CONNECTION_LOST, trio.BusyResourceError):
                 pass
 
     def _drain_outbox(self) -> list[Element]:

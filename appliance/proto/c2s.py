@@ -252,6 +252,8 @@ class C2SStream:
                 raise StreamError("unsupported-stanza-type", f"unexpected {etree.QName(el).localname}")
         elif tag == f"{{{ns.TLS}}}starttls":
             self._starttls()
+        elif self.stage is Stage.PRE_TLS and self.settings.tls_required:
+            raise StreamError("policy-violation", "STARTTLS is required")  # RFC 6120 §5.3.1
         elif tag.startswith(f"{{{ns.SASL}}}"):
             self._sasl_element(el)
         elif tag == f"{{{ns.CLIENT}}}iq":
@@ -278,16 +280,12 @@ class C2SStream:
         elif self.stage is Stage.PRE_AUTH and payload is not None and \
                 etree.QName(payload).namespace in self.settings.preauth_namespaces:
             self._events.append(PreAuthIQ(iq))
-        elif self.stage is Stage.PRE_TLS and self.settings.tls_required:
-            raise StreamError("policy-violation", "STARTTLS is required")
         else:
             raise StreamError("not-authorized", "authenticate and bind a resource first")
 
     # ---- SASL -------------------------------------------------------------------------------------
 
     def _sasl_element(self, el: Element) -> None:
-        if self.stage is Stage.PRE_TLS and self.settings.tls_required:
-            raise StreamError("policy-violation", "STARTTLS is required")
         if self.stage not in (Stage.PRE_TLS, Stage.PRE_AUTH):
             raise StreamError("policy-violation", "already authenticated")
         local = etree.QName(el).localname
