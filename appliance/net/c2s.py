@@ -25,6 +25,7 @@ log = logging.getLogger("appliance.c2s")
 READ_SIZE = 65536
 CONNECTION_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 WRITE_BATCH = 64
+GOODBYE_SECONDS = 2.0  # how long a closing stream may take to write what is queued
 
 
 class C2SService:
@@ -123,28 +124,58 @@ class Connection:
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    #
+    # Closing is ordered so that nothing queued is lost: the reader stops (end of stream, stream
+    # error, idle, or terminate() from another task), the stream error or close goes to the back of
+    # the outbox, the writer drains it all (bounded in time), and only what could not be written
+    # is handed back to the router.
 
     def terminate(self, error: StreamError | None) -> None:
-        """Close this connection from anywhere (another session's task, shutdown): cancel, then say why."""
+        """Close this connection from anywhere (another session's task, shutdown): stop reading, say why."""
         if self.close_error is None:
             self.close_error = error
         self.scope.cancel()
+        self.reader_scope.cancel()
 
     async def run(self) -> None:
         log.debug("connection from %s", self.address)
+        self.reader_scope = trio.CancelScope()
         try:
             with self.scope:
-                if not await self._negotiate_in_time():
-                    return
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop)
-                    nursery.start_soon(self._keepalive)
-                    await self._read_loop()
-                    nursery.cancel_scope.cancel()
+                bound = await self._negotiate_in_time()
+            if bound and not self.scope.cancelled_caught:
+                await self._serve_bound()
         except* CONNECTION_LOST as group:
             log.info("%s: connection lost (%s)", self.who, group.exceptions[0].__class__.__name__)
         finally:
             await self._finish()
+
+    async def _serve_bound(self) -> None:
+        writer_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_loop, writer_done)
+            with self.reader_scope:
+                async with trio.open_nursery() as reader:
+                    reader.start_soon(self._keepalive)
+                    await self._read_loop()
+                    reader.cancel_scope.cancel()
+            self._end_stream()
+            self.outbox.close()
+            with trio.move_on_after(GOODBYE_SECONDS):
+                await writer_done.wait()
+            nursery.cancel_scope.cancel()
+
+    def _end_stream(self) -> None:
+        if self.close_error is not None:
+            self.proto.fail(self.close_error)
+        else:
+            self.proto.close()
+        data = self.proto.data_to_send()
+        if data:
+            try:
+                self.outbox.send_nowait(data)
+            except trio.WouldBlock:
+                pass  # a full outbox: this client is not reading anyway
 
     @property
     def who(self) -> str:
@@ -162,26 +193,28 @@ class Connection:
 
     async def _finish(self) -> None:
         with trio.CancelScope(shield=True):
-            if self.session is not None:
+            if self.session is None:
+                await self._goodbye_before_bind()
+            else:
                 await self.server.unbind(self.session)
-            await self._say_goodbye()
-            await self.server.undelivered(self._drain_outbox())
+                await self.server.undelivered(self._unwritten())
             await trio.aclose_forcefully(self.stream)
             log.info("%s: disconnected%s", self.who,
                      f" ({self.close_error.condition})" if self.close_error else "")
 
-    async def _say_goodbye(self) -> None:
+    async def _goodbye_before_bind(self) -> None:
         if self.close_error is not None:
             self.proto.fail(self.close_error)
-        else:
-            self.proto.close()
-        with trio.move_on_after(2):
-            try:
-                await self.stream.send_all(self.proto.data_to_send())
-            except (*CONNECTION_LOST, trio.BusyResourceError):
-                pass
+        data = self.proto.data_to_send()
+        if data:
+            with trio.move_on_after(GOODBYE_SECONDS):
+                try:
+                    await self.stream.send_all(data)
+                except (*CONNECTION_LOST, trio.BusyResourceError):
+                    pass
 
-    def _drain_outbox(self) -> list[Element]:
+    def _unwritten(self) -> list[Element]:
+        """Stanzas the writer never got to; they go round again (other resource, offline, bounce)."""
         self.outbox.close()
         left: list[Element] = []
         while True:
@@ -281,15 +314,16 @@ class Connection:
                     self.close_error = self.close_error or event.error
                     return
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, done: trio.Event) -> None:
         async for item in self.outbox_reader:
             batch = [item]
             while len(batch) < WRITE_BATCH:
                 try:
                     batch.append(self.outbox_reader.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await self.stream.send_all(b"".join(i if isinstance(i, bytes) else serialize(i) for i in batch))
+        done.set()
 
     async def _keepalive(self) -> None:
         """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead."""

@@ -43,7 +43,7 @@ class StreamError(Exception):
         if self.text:
             text = etree.SubElement(root, f"{{{ns.STREAM_ERRORS}}}text", nsmap={None: ns.STREAM_ERRORS})
             text.text = self.text
-        return etree.tostring(root)
+        return etree.tostring(root, encoding="utf-8", xml_declaration=False)
 
 
 class StanzaError(Exception):

@@ -55,7 +55,8 @@ def _copy(el: Element) -> Element:
 
 
 def serialize(el: Element) -> bytes:
-    return etree.tostring(el)
+    """UTF-8, not lxml's default ASCII: '&#20320;' costs 8 bytes where UTF-8 needs 3, on a GPRS link."""
+    return etree.tostring(el, encoding="utf-8", xml_declaration=False)
 
 
 def stream_header(*, from_: str, id_: str, to: str | None = None, lang: str = "en") -> bytes:
