@@ -26,12 +26,14 @@ def _limit(part: str, what: str) -> str:
 
 
 def normalise_local(local: str) -> str:
-    if _LOCAL_FORBIDDEN & set(local):
-        raise InvalidJID("localpart contains a forbidden character")
     try:
-        return _limit(_USERNAME.enforce(_limit(local, "localpart")), "localpart")
+        result = _limit(_USERNAME.enforce(_limit(local, "localpart")), "localpart")
     except UnicodeError as exc:
         raise InvalidJID(f"localpart: {exc}") from None
+    # Checked after enforcement: width mapping turns a fullwidth '＠' or '／' into '@' or '/'.
+    if _LOCAL_FORBIDDEN & set(result):
+        raise InvalidJID("localpart contains a forbidden character")
+    return result
 
 
 def normalise_domain(domain: str) -> str:
@@ -46,7 +48,7 @@ def normalise_domain(domain: str) -> str:
         except idna.IDNAError as exc:
             raise InvalidJID(f"domainpart: {exc}") from None
         return _limit(idna.decode(ascii_form), "domainpart")
-    if any(c in ascii_form for c in " @/\"'<>&:\\") or ".." in ascii_form:
+    if any(c in ascii_form for c in " @/\"'<>&:\\") or ".." in ascii_form or not ascii_form.isprintable():
         raise InvalidJID("domainpart contains a forbidden character")
     return ascii_form
 
