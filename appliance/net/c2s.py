@@ -106,6 +106,7 @@ class Connection:
         self.close_error: StreamError | None = None
         self.last_heard = trio.current_time()
         self.preauth_state: dict[str, Any] = {}
+        self._in_flight: list[Element] = []
         self.auth = self.server.auth.for_connection(address)
         send, receive = trio.open_memory_channel[bytes | Element](self.server.config.limits.outbox_stanzas)
         self.outbox, self.outbox_reader = send, receive
@@ -140,6 +141,7 @@ class Connection:
     async def run(self) -> None:
         log.debug("connection from %s", self.address)
         self.reader_scope = trio.CancelScope()
+        bound = False
         try:
             with self.scope:
                 bound = await self._negotiate_in_time()
@@ -199,8 +201,7 @@ class Connection:
                 await self.server.unbind(self.session)
                 await self.server.undelivered(self._unwritten())
             await trio.aclose_forcefully(self.stream)
-            log.info("%s: disconnected%s", self.who,
-                     f" ({self.close_error.condition})" if self.close_error else "")
+            log.info("%s: disconnected%s", self.who, f" ({self.close_error})" if self.close_error else "")
 
     async def _goodbye_before_bind(self) -> None:
         if self.close_error is not None:
@@ -216,7 +217,7 @@ class Connection:
     def _unwritten(self) -> list[Element]:
         """Stanzas the writer never got to; they go round again (other resource, offline, bounce)."""
         self.outbox.close()
-        left: list[Element] = []
+        left, self._in_flight = self._in_flight, []
         while True:
             try:
                 item = self.outbox_reader.receive_nowait()
@@ -322,7 +323,11 @@ class Connection:
                     batch.append(self.outbox_reader.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            # Until send_all returns, these stanzas may not have left: if it is cancelled they are
+            # handed back to the router (a possible duplicate beats a silent loss).
+            self._in_flight = [i for i in batch if not isinstance(i, bytes)]
             await self.stream.send_all(b"".join(i if isinstance(i, bytes) else serialize(i) for i in batch))
+            self._in_flight = []
         done.set()
 
     async def _keepalive(self) -> None:
