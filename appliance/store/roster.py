@@ -116,3 +116,11 @@ def clear_pending_in(conn: sqlite3.Connection, user: str, contact: str) -> bool:
     return conn.execute(
         "DELETE FROM roster_pending_in WHERE username = ? AND contact = ?", (user, contact)
     ).rowcount > 0
+
+
+def get_pending_in(conn: sqlite3.Connection, user: str, contact: str) -> bytes | None:
+    """The stored inbound subscribe from `contact`, or None when none is pending."""
+    row = conn.execute(
+        "SELECT stanza FROM roster_pending_in WHERE username = ? AND contact = ?", (user, contact)
+    ).fetchone()
+    return bytes(row[0]) if row else None

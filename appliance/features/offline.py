@@ -1,0 +1,121 @@
+"""XEP-0160 offline messages: kept when nobody can take them, delivered at the next available presence.
+
+Storing commits before the observer returns, so a message the router counts as handled is on
+disk (the durability promise). A full store answers the sender with an error; nothing is dropped
+silently. Stored messages carry a XEP-0203 <delay/> with the time the server first received them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from datetime import datetime, timezone
+
+import trio
+from lxml import etree
+
+from appliance.core.events import Event
+from appliance.core.router import Routed
+from appliance.core.server import Server
+from appliance.core.session import Session
+from appliance.features.presence import parse_stored
+from appliance.proto import ns
+from appliance.proto.errors import StanzaError
+from appliance.proto.stanza import Element, serialize
+from appliance.store import offline
+from appliance.store.users import NoSuchUser
+
+log = logging.getLogger("appliance.offline")
+
+CHATSTATES = "http://jabber.org/protocol/chatstates"   # XEP-0085: worthless once stale
+HINTS = "urn:xmpp:hints"                                # XEP-0334
+_NOT_CONTENT = {CHATSTATES, HINTS}
+
+
+def setup(server: Server) -> None:
+    locks: dict[str, trio.Lock] = {}  # per user: two resources logging in at once get each message once
+
+    async def store(routed: Routed) -> bool:
+        return await store_message(server, routed)
+
+    async def flush(session: Session) -> None:
+        if session.priority < 0:
+            return  # §XEP-0160 3: a negative priority says "not for messages to my bare JID"
+        lock = locks.setdefault(session.username, trio.Lock())
+        try:
+            async with lock:
+                await deliver_stored(server, session)
+        finally:
+            if not lock.statistics().tasks_waiting:
+                locks.pop(session.username, None)
+
+    server.on(Event.MESSAGE_OFFLINE, store)
+    server.on(Event.PRESENCE_INITIAL, flush)
+
+
+def worth_keeping(el: Element) -> bool:
+    """A body, a subject or any payload but chat states and hints (XEP-0160 §3, XEP-0334)."""
+    if el.find(f"{{{HINTS}}}no-store") is not None or el.find(f"{{{HINTS}}}no-permanent-store") is not None:
+        return False
+    if el.find(f"{{{HINTS}}}store") is not None:
+        return True
+    for child in el:
+        if not isinstance(child.tag, str):
+            continue
+        name = etree.QName(child)
+        if name.namespace == ns.CLIENT:
+            if name.localname in ("body", "subject") and (child.text or "").strip():
+                return True
+        elif name.namespace not in _NOT_CONTENT:
+            return True
+    return False
+
+
+async def store_message(server: Server, routed: Routed) -> bool:
+    if not worth_keeping(routed.el):
+        log.debug("not storing a message without content for %s", routed.to_bare)
+        return True  # handled: a typing notification for nobody is simply over
+    user = routed.to_bare.local
+    now = time.time()
+    stanza = serialize(stamped(routed.el, server.domain, now))
+    try:
+        await server.db.write(offline.store_message, user, stanza, now, server.config.limits.offline_per_user)
+    except offline.OfflineFull:
+        log.warning("offline storage for %s is full; refusing a message", routed.to_bare)
+        raise StanzaError("service-unavailable", "the recipient's offline storage is full") from None
+    except NoSuchUser:
+        raise StanzaError("service-unavailable") from None
+    log.debug("stored a message for %s (offline)", routed.to_bare)
+    return True
+
+
+def stamped(el: Element, domain: str, when: float) -> Element:
+    """A copy with XEP-0203 <delay/>; a message that was stored before keeps its first stamp."""
+    message = copy.deepcopy(el)
+    for delay in message.iterfind(f"{{{ns.DELAY}}}delay"):
+        if delay.get("from") == domain:
+            return message
+    delay = etree.SubElement(message, f"{{{ns.DELAY}}}delay", nsmap={None: ns.DELAY})
+    delay.set("from", domain)
+    delay.set("stamp", datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    return message
+
+
+async def deliver_stored(server: Server, session: Session) -> None:
+    """In order, in chunks that leave room in the outbox; delete what was queued after each chunk."""
+    chunk = max(1, server.config.limits.outbox_stanzas // 4)
+    while not session.closed:
+        rows = server.db.read(offline.fetch_messages, session.username)[:chunk]
+        if not rows:
+            return
+        queued = []
+        for id_, stanza, _stamp in rows:
+            if not server.deliver(session, parse_stored(stanza)):
+                break
+            queued.append(id_)
+        if queued:
+            await server.db.write(offline.delete_messages, session.username, queued)
+            log.info("delivered %d offline messages to %s", len(queued), session.jid)
+        if len(queued) < len(rows):
+            return  # the session is gone; what is left waits for the next login
