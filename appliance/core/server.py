@@ -113,10 +113,11 @@ class Server:
 
     def deliver(self, session: Session, stanza: Element) -> bool:
         """Queue for one session. A full outbox means a reader too slow: close it, report failure."""
-        if session.closed:
+        if session.closing or session.closed:
             return False
         if session.push(stanza):
             return True
+        session.closing = True
         log.warning("%s is not reading (outbox full); closing its session", session.jid)
         session.terminate(StreamError("policy-violation", "too many stanzas waiting: you read too slowly"))
         return False

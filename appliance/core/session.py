@@ -20,6 +20,7 @@ class Session:
     priority: int = 0
     interested: bool = False                  # requested the roster (RFC 6121 §2.1.6)
     directed: set[JID] = field(default_factory=set)   # sent directed presence to these full JIDs
+    closing: bool = False                     # terminate() was called; closed follows at unbind
     closed: bool = False
 
     @property
