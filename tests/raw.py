@@ -1,12 +1,14 @@
 """A raw XMPP client over a blocking socket: for hostile input and cases a client library hides.
 
 Usage: `c = RawClient(server).open()` (STARTTLS done), `c.login("alice")`, `c.send(b"...")`,
-`c.read_until(b"</message>")`, `c.read_to_close()`.
+`c.read_until(b"</message>")`, `c.read_to_close()`. Step by step: `c.authenticate(...)` returns the
+`<success>` or `<failure>` element (SCRAM with optional channel binding, or PLAIN), `c.bind(...)`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import socket
 import ssl
 import time
@@ -23,10 +25,12 @@ class StreamClosed(Exception):
 
 
 class RawClient:
-    def __init__(self, server: ServerProcess, *, direct_tls: bool = False, timeout: float = 10.0) -> None:
+    def __init__(self, server: ServerProcess, *, direct_tls: bool = False, timeout: float = 10.0,
+                 source: str | None = None) -> None:
         self.server = server
         self.direct_tls = direct_tls
         self.timeout = timeout
+        self.source = source  # e.g. "127.0.0.2": another client address on loopback (Linux)
         self.sock: socket.socket | ssl.SSLSocket | None = None
         self.buffer = b""
 
@@ -34,7 +38,8 @@ class RawClient:
 
     def connect(self) -> RawClient:
         port = self.server.tls_port if self.direct_tls else self.server.port
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout,
+                                             source_address=(self.source, 0) if self.source else None)
         if self.direct_tls:
             self._wrap()
         return self
@@ -108,22 +113,59 @@ class RawClient:
 
     def login(self, username: str, password: str = PASSWORD, resource: str | None = "raw",
               mechanism: str = "SCRAM-SHA-256") -> str:
-        """SCRAM login and bind; returns the bound full JID."""
-        client = ScramClient([mechanism], username, password)
+        """SCRAM (or PLAIN) login and bind; returns the bound full JID."""
+        outcome = self.authenticate(username, password, mechanism)
+        if b"<success" not in outcome:
+            raise PermissionError(outcome.decode(errors="replace"))
+        return self.bind(resource)
+
+    def authenticate(self, username: str, password: str = PASSWORD, mechanism: str = "SCRAM-SHA-256",
+                     channel_binding: tuple[str, bytes] | None = None) -> bytes:
+        """One SASL exchange; returns the server's `<success>` or `<failure>` element as bytes.
+
+        SCRAM mechanisms go through scramp's client; -PLUS ones need `channel_binding`, e.g.
+        `("tls-server-end-point", c.server_end_point())`. A server may refuse at `<auth>` already.
+        """
+        if mechanism == "PLAIN":
+            data = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+            self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>")
+            return self.read_until(b"</success>", b"</failure>")
+        client = ScramClient([mechanism], username, password, channel_binding=channel_binding)
         first = base64.b64encode(client.get_client_first().encode()).decode()
         self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{first}</auth>")
-        challenge = self.read_until(b"</challenge>")
-        client.set_server_first(base64.b64decode(challenge.split(b">", 1)[1].split(b"<", 1)[0]).decode())
+        challenge = self.read_until(b"</challenge>", b"</failure>")
+        if b"<failure" in challenge:
+            return challenge
+        client.set_server_first(base64.b64decode(element_text(challenge)).decode())
         final = base64.b64encode(client.get_client_final().encode()).decode()
         self.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>")
         outcome = self.read_until(b"</success>", b"</failure>")
-        if b"<success" not in outcome:
-            raise PermissionError(outcome.decode(errors="replace"))
+        if b"<success" in outcome:
+            client.set_server_final(base64.b64decode(element_text(outcome)).decode())  # the server knew the keys
+        return outcome
+
+    def bind(self, resource: str | None = "raw") -> str:
+        """Restart the stream after SASL success and bind `resource` (None: the server picks one)."""
         self.header()
         bind = f"<resource>{resource}</resource>" if resource else ""
         self.send(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{bind}</bind></iq>")
         reply = self.read_until(b"</iq>")
+        if b"<jid>" not in reply:
+            raise PermissionError(reply.decode(errors="replace"))
         return reply.split(b"<jid>", 1)[1].split(b"</jid>", 1)[0].decode()
+
+    def server_end_point(self) -> bytes:
+        """tls-server-end-point channel-binding data (RFC 5929 §4.1): SHA-256 of the server's
+        certificate (DER), as for every certificate signed with SHA-256 or weaker."""
+        assert isinstance(self.sock, ssl.SSLSocket), "no TLS yet"
+        der = self.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return hashlib.sha256(der).digest()
 
     def presence(self) -> None:
         self.send("<presence/>")
+
+
+def element_text(element: bytes) -> bytes:
+    """The character data of a simple element such as `<challenge xmlns='...'>BASE64</challenge>`."""
+    return element.split(b">", 1)[1].split(b"<", 1)[0]
