@@ -11,6 +11,7 @@ from scramp import ScramClient, ScramMechanism
 
 from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError
+from appliance.proto.sasl import decoy_credentials
 
 DOMAIN = "example.test"
 HEADER = (f"<stream:stream xmlns='jabber:client' xmlns:stream='{ns.STREAM}' to='{DOMAIN}' "
@@ -24,6 +25,9 @@ class Credentials:
 
     def credentials(self, username: str, mechanism: str):
         return self.users[mechanism].get(username)
+
+    def decoy(self, username: str, mechanism: str):
+        return decoy_credentials(b"k" * 32, username, mechanism, 4096)
 
 
 def new_stream(**settings) -> c2s.C2SStream:

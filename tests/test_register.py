@@ -155,7 +155,6 @@ SASLPREP_BUG = ("BUG: a password SASLprep refuses makes users.make_credentials r
                 "(expected an IQ error not-acceptable, as `appliance user add` says 'password not allowed')")
 
 
-@pytest.mark.xfail(strict=True, raises=StreamClosed, reason=SASLPREP_BUG)
 @UNUSABLE_PASSWORDS
 def test_register_with_a_password_saslprep_refuses(server: ServerProcess, password: str) -> None:
     raw = RawClient(server).open()
@@ -168,7 +167,6 @@ def test_register_with_a_password_saslprep_refuses(server: ServerProcess, passwo
         raw.close()
 
 
-@pytest.mark.xfail(strict=True, raises=StreamClosed, reason=SASLPREP_BUG)
 @UNUSABLE_PASSWORDS
 def test_password_change_to_a_password_saslprep_refuses(server: ServerProcess, password: str) -> None:
     if "prepchange@" not in server.cli("user", "list").stdout:

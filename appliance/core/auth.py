@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 
 from appliance.config import Limits
-from appliance.proto.sasl import AuthInfo
+from appliance.proto.sasl import AuthInfo, decoy_credentials
 from appliance.store import users
 from appliance.store.db import Database
 
@@ -41,8 +42,10 @@ class _FailureLog:
 
 
 class AuthManager:
-    def __init__(self, db: Database, limits: Limits) -> None:
+    def __init__(self, db: Database, limits: Limits, iterations: int) -> None:
         self.db = db
+        self.iterations = iterations
+        self.decoy_secret = os.urandom(32)  # per process: decoys are stable while it runs
         self.accounts = _FailureLog(limits.login_failures_per_account, limits.login_failure_window)
         self.addresses = _FailureLog(limits.login_failures_per_address, limits.login_failure_window)
 
@@ -62,6 +65,9 @@ class ConnectionAuth:
         if found is None:
             return None
         return found.salt, found.stored_key, found.server_key, found.iterations
+
+    def decoy(self, username: str, mechanism: str) -> AuthInfo:
+        return decoy_credentials(self.manager.decoy_secret, username, mechanism, self.manager.iterations)
 
     def allowed(self, username: str | None) -> bool:
         if self.manager.addresses.blocked(self.address):

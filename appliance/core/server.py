@@ -38,7 +38,7 @@ class Server:
         self.db = db
         self.sessions = SessionTable()
         self.table = RoutingTable()
-        self.auth = AuthManager(db, config.limits)
+        self.auth = AuthManager(db, config.limits, config.scram_iterations)
         self.started = time.time()
         self.stream_features: list[FeatureBuilder] = []
         self.preauth: dict[str, PreAuthHandler] = {}
@@ -79,11 +79,12 @@ class Server:
 
     async def bind(self, username: str, resource: str | None, address: str,
                    push: Callable[[Element], bool],
-                   terminate: Callable[[StreamError | None], None]) -> Session:
+                   terminate: Callable[[StreamError | None], None],
+                   push_wait: Callable[[Element], Awaitable[bool]]) -> Session:
         """Bind a resource (RFC 6120 §7). A second login with the same full JID replaces the first."""
         bare = JID(username, self.domain)
         jid = bare.with_resource(resource) if resource else self._new_resource(bare)
-        session = Session(jid, address, push, terminate)
+        session = Session(jid, address, push, terminate, push_wait)
         old = self.sessions.add(session)
         if old is not None:
             log.info("%s logged in again from %s; closing the older session from %s", jid, address, old.address)
@@ -122,6 +123,13 @@ class Server:
         session.terminate(StreamError("policy-violation", "too many stanzas waiting: you read too slowly"))
         return False
 
+    async def deliver_patiently(self, session: Session, stanza: Element) -> bool:
+        """Queue for one session, waiting while its outbox is full: for bulk sends (offline messages)
+        that must not make a reader look too slow. Ends when the stanza is queued or the session ends."""
+        if session.closing or session.closed:
+            return False
+        return await session.push_wait(stanza)
+
     async def undelivered(self, stanzas: list[Element]) -> None:
         """Stanzas left in a closed session's outbox: messages go round again (to another
         resource or offline storage), requests bounce; presence is state and is re-sent on probe."""
@@ -155,6 +163,9 @@ class Server:
                     return
         except StanzaError as error:
             return await self._bounce(el, origin, error)
+        except Exception:  # a bug in one handler costs one stanza, never the session or the server
+            log.exception("internal error routing a %s from %s", kind, sender)
+            return await self._bounce(el, origin, StanzaError("internal-server-error"))
         await self._unhandled(routed)
 
     async def _unhandled(self, routed: Routed) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from appliance.proto.errors import StreamError
 from appliance.proto.jid import JID
@@ -16,6 +16,7 @@ class Session:
     address: str                              # peer IP, for logs and limits
     push: Callable[[Element], bool]           # queue a stanza; False when the outbox is full
     terminate: Callable[[StreamError | None], None]
+    push_wait: Callable[[Element], Awaitable[bool]]   # queue, waiting for room; False if the session ended
     presence: Element | None = None           # last broadcast available presence; None = unavailable
     priority: int = 0
     interested: bool = False                  # requested the roster (RFC 6121 §2.1.6)

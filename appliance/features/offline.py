@@ -103,7 +103,7 @@ def stamped(el: Element, domain: str, when: float) -> Element:
 
 
 async def deliver_stored(server: Server, session: Session) -> None:
-    """In order, in chunks that leave room in the outbox; delete what was queued after each chunk."""
+    """In order, waiting for room in the outbox; delete what was queued after each chunk."""
     chunk = max(1, server.config.limits.outbox_stanzas // 4)
     while not session.closed:
         rows = server.db.read(offline.fetch_messages, session.username)[:chunk]
@@ -111,7 +111,7 @@ async def deliver_stored(server: Server, session: Session) -> None:
             return
         queued = []
         for id_, stanza, _stamp in rows:
-            if not server.deliver(session, parse_stored(stanza)):
+            if not await server.deliver_patiently(session, parse_stored(stanza)):
                 break
             queued.append(id_)
         if queued:

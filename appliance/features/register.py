@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 from lxml import etree
+from scramp import ScramException
 
 from appliance.core.events import Event
 from appliance.core.router import Routed, Target
@@ -91,9 +92,16 @@ def _credentials(iq: Element) -> tuple[str, str]:
         raise StanzaError("not-acceptable", f"invalid username: {exc}") from None
 
 
+async def _derive(server: Server, password: str) -> users.Credentials:
+    """PBKDF2 for two hashes takes milliseconds: derive in a thread, outside the write transaction."""
+    try:
+        return await trio.to_thread.run_sync(users.make_credentials, password, server.config.scram_iterations)
+    except ScramException as exc:  # SASLprep refuses the password (RFC 4013: bidi, unassigned...)
+        raise StanzaError("not-acceptable", f"password not allowed: {exc}") from None
+
+
 async def _create(server: Server, username: str, password: str) -> None:
-    # PBKDF2 for two hashes takes milliseconds: derive in a thread, write in one short transaction.
-    credentials = await trio.to_thread.run_sync(users.make_credentials, password, server.config.scram_iterations)
+    credentials = await _derive(server, password)
     try:
         await server.db.write(users.insert_user, username, credentials)
     except users.UserExists:
@@ -104,16 +112,22 @@ async def _change_password(server: Server, routed: Routed, username: str) -> Non
     given, password = _credentials(routed.el)
     if given != username:
         raise StanzaError("not-allowed", "you can change only your own password")
-    credentials = await trio.to_thread.run_sync(users.make_credentials, password, server.config.scram_iterations)
+    credentials = await _derive(server, password)
     await server.db.write(users.store_credentials, username, credentials)
     log.info("%s changed their password", routed.from_.bare)
     await server.reply(routed, iq_result(routed.el))
 
 
 async def _remove(server: Server, routed: Routed, username: str) -> None:
+    """XEP-0077 §3.2. Order matters: the answer is queued first; the sessions are unbound while the
+    roster still exists (contacts see them go offline); the data is deleted; the streams are closed
+    last, because this handler runs in the requesting session's own reader, which closing cancels."""
+    await server.reply(routed, iq_result(routed.el))
+    sessions = server.sessions.of(routed.from_.bare)
+    for session in sessions:
+        await server.unbind(session)
     await server.db.write(users.delete_user, username)
     log.info("%s removed their account", routed.from_.bare)
-    await server.reply(routed, iq_result(routed.el))
     await server.emit(Event.USER_DELETED, username)
-    for session in server.sessions.of(routed.from_.bare):
+    for session in sessions:
         session.terminate(StreamError("not-authorized", "this account has been removed"))

@@ -200,8 +200,21 @@ class Connection:
             else:
                 await self.server.unbind(self.session)
                 await self.server.undelivered(self._unwritten())
-            await trio.aclose_forcefully(self.stream)
+            await self._close_transport()
             log.info("%s: disconnected%s", self.who, f" ({self.close_error})" if self.close_error else "")
+
+    async def _close_transport(self) -> None:
+        """Read what the client still sends after our close (its </stream:stream>, its TLS
+        close_notify), briefly and boundedly: closing with unread bytes makes the kernel answer
+        with a TCP reset, which clients report as an error on a clean logout."""
+        with trio.move_on_after(GOODBYE_SECONDS):
+            try:
+                budget = READ_SIZE
+                while budget > 0 and (data := await self.stream.receive_some(4096)):
+                    budget -= len(data)
+            except (*CONNECTION_LOST, trio.BusyResourceError):
+                pass
+        await trio.aclose_forcefully(self.stream)
 
     async def _goodbye_before_bind(self) -> None:
         if self.close_error is not None:
@@ -278,7 +291,7 @@ class Connection:
         assert self.proto.username is not None
         try:
             self.session = await self.server.bind(self.proto.username, resource, self.address,
-                                                  self._push, self.terminate)
+                                                  self._push, self.terminate, self._push_wait)
         except InvalidJID as exc:
             self.proto.bind_failed(iq, StanzaError("bad-request", f"invalid resource: {exc}"))
             return
@@ -291,6 +304,13 @@ class Connection:
             self.outbox.send_nowait(stanza)
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+
+    async def _push_wait(self, stanza: Element) -> bool:
+        try:
+            await self.outbox.send(stanza)
+            return True
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
 
     async def _read_loop(self) -> None:

@@ -6,8 +6,8 @@ Passwords are never stored: PLAIN is checked by deriving the SCRAM StoredKey and
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +22,11 @@ AuthInfo = tuple[bytes, bytes, bytes, int]
 
 class CredentialSource(Protocol):
     def credentials(self, username: str, mechanism: str) -> AuthInfo | None: ...
+
+    def decoy(self, username: str, mechanism: str) -> AuthInfo:
+        """Credentials for an unknown user that look like a real one's: the same salt every time,
+        the configured iteration count. See `decoy_credentials`."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +65,15 @@ def decode_saslname(name: str) -> str:
     return name.replace("=2C", ",").replace("=3D", "=")
 
 
-def _fake_auth_info(mechanism: str) -> AuthInfo:
-    """Credentials for an unknown user, so a probe cannot tell unknown users from wrong passwords."""
-    return ScramMechanism(mechanism).make_auth_info(os.urandom(16).hex(), iteration_count=4096)
+def decoy_credentials(secret: bytes, username: str, mechanism: str, iterations: int) -> AuthInfo:
+    """Deterministic stand-in credentials, so a probe cannot tell unknown users from known ones:
+    the salt is stable per name and the count is the configured one. No PBKDF2 is run (real
+    SCRAM logins run none on the server either), so the answer takes the same time."""
+    digest = hashlib.sha256 if mechanism.startswith("SCRAM-SHA-256") else hashlib.sha1
+
+    def derive(label: bytes) -> bytes:
+        return hmac.new(secret, label + b"\0" + mechanism.encode() + b"\0" + username.encode(), digest).digest()
+    return derive(b"salt")[:16], derive(b"stored"), derive(b"server"), iterations
 
 
 class ScramExchange:
@@ -81,8 +92,9 @@ class ScramExchange:
             self.username = None
         found = self._source.credentials(self.username, self._base) if self.username else None
         if found is None:
+            decoy = self._source.decoy(self.username or saslname, self._base)
             self.username = None
-            return _fake_auth_info(self._base)
+            return decoy
         return found
 
     def step(self, data: bytes) -> Outcome:
@@ -131,7 +143,7 @@ class PlainExchange:
         if authzid and authzid not in (self.username, f"{self.username}@{self._domain}"):
             return Failure("invalid-authzid", self.username)
         found = self._source.credentials(self.username, "SCRAM-SHA-256")
-        salt, stored_key, _, iterations = found or _fake_auth_info("SCRAM-SHA-256")
+        salt, stored_key, _, iterations = found or self._source.decoy(self.username, "SCRAM-SHA-256")
         _, derived, _, _ = ScramMechanism("SCRAM-SHA-256").make_auth_info(
             password, iteration_count=iterations, salt=salt)
         if found is None or not hmac.compare_digest(derived, stored_key):
