@@ -81,6 +81,13 @@ class C2SService:
                 await trio.sleep(0.05)
 
 
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 async def _refuse(stream: trio.SocketStream, domain: str, direct_tls: bool) -> None:
     """Too many connections: a stream error where we can say it cheaply (plaintext), else just close."""
     with trio.move_on_after(2):
@@ -148,7 +155,7 @@ class Connection:
             if bound and not self.scope.cancelled_caught:
                 await self._serve_bound()
         except* CONNECTION_LOST as group:
-            log.info("%s: connection lost (%s)", self.who, group.exceptions[0].__class__.__name__)
+            log.info("%s: connection lost (%s)", self.who, _first_leaf(group).__class__.__name__)
         finally:
             await self._finish()
 
