@@ -22,6 +22,8 @@ class Limits:
     login_failures_per_account: int = 5     # failures in the window before refusing logins
     login_failures_per_address: int = 20
     login_failure_window: float = 300.0     # seconds
+    registrations_per_address: int = 5      # in-band sign-ups from one IP within the window
+    registration_window: float = 3600.0     # seconds
     handshake_timeout: float = 30.0         # connect to bound resource, seconds
     idle_timeout: float = 900.0             # no byte at all for this long: close
     outbox_stanzas: int = 1000              # queued outgoing stanzas before a reader is "too slow"

@@ -11,7 +11,10 @@ from tests.harness import ServerProcess
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One appliance per test module (registration enabled), stopped by its PID at the end."""
-    proc = ServerProcess(tmp_path_factory.mktemp("appliance"), settings={"allow_registration": True})
+    # Tests sign up many accounts from 127.0.0.1: lift the per-address sign-up limit here;
+    # tests/test_register.py checks that limit on a server of its own.
+    proc = ServerProcess(tmp_path_factory.mktemp("appliance"),
+                         settings={"allow_registration": True, "limits.registrations_per_address": 1000})
     proc.start()
     yield proc
     proc.stop()

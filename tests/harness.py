@@ -102,6 +102,15 @@ class ServerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def logged(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether `text` appears in the log within `timeout`: the server often logs just after replying."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 def _toml(value: object) -> str:
     if isinstance(value, bool):

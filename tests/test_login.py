@@ -55,14 +55,6 @@ async def refused(server: ServerProcess, jid: str, password: str = PASSWORD, **k
     return c.auth_failures
 
 
-def logged(server: ServerProcess, text: str, timeout: float = 5.0) -> bool:
-    """Whether `text` appears in the server log within `timeout` (the server may log just after replying)."""
-    deadline = time.monotonic() + timeout
-    while text not in server.log_text():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def mechanisms_used(server: ServerProcess, username: str) -> list[str]:
@@ -180,7 +172,7 @@ def test_wrong_password(server: ServerProcess, users: dict[str, str]) -> None:
     failures = run(refused(server, users["wrongpw"], "not the password"))
     # slixmpp tries each offered mechanism in turn; every one is refused the same way.
     assert failures and set(failures) == {"not-authorized"}
-    assert logged(server, "failed to authenticate as wrongpw (not-authorized)")
+    assert server.logged("failed to authenticate as wrongpw (not-authorized)")
     assert not mechanisms_used(server, "wrongpw")
     assert f"{users['wrongpw']}/" not in server.log_text()  # no resource was ever bound
 
@@ -310,7 +302,7 @@ def test_resource_conflict(server: ServerProcess, users: dict[str, str]) -> None
     first_errors, second_jid, second_connected = run(scenario())
     assert first_errors == ["conflict"]
     assert second_jid == full and second_connected
-    assert logged(server, f"{full} logged in again from 127.0.0.1")
+    assert server.logged(f"{full} logged in again from 127.0.0.1")
 
 
 # ---- stream-level refusals ------------------------------------------------------------------------------

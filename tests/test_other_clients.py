@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -86,14 +85,6 @@ def _server_log(server: ServerProcess, lines: int = 60) -> str:
     return "\n".join(server.log_text().splitlines()[-lines:])
 
 
-def _server_logged(server: ServerProcess, text: str, timeout: float = 5) -> bool:
-    """The server logs a login after answering it: a client may have exited before the line is written."""
-    deadline = time.monotonic() + timeout
-    while text not in server.log_text():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # ---- go-sendxmpp -------------------------------------------------------------------------------
@@ -195,7 +186,7 @@ def test_sendxmpp_wrong_password_fails(server: ServerProcess, go_sendxmpp: str, 
                           password=WRONG_PASSWORD))
     assert result.returncode != 0, result.explain(server)
     assert "not-authorized" in result.stderr, result.explain(server)
-    assert _server_logged(server, f"failed to authenticate as {sender.split('@')[0]} (not-authorized)")
+    assert server.logged(f"failed to authenticate as {sender.split('@')[0]} (not-authorized)")
 
 
 def test_sendxmpp_verifies_the_certificate(server: ServerProcess, go_sendxmpp: str,
@@ -315,7 +306,7 @@ def test_xmppjs_exchanges_messages_with_slixmpp(server: ServerProcess, node: str
             # xmpp.js 0.14 knows SCRAM-SHA-1, PLAIN and ANONYMOUS, and takes the first it knows in
             # its own order: SCRAM-SHA-1, though PLAIN over TLS would be allowed. The server agrees.
             assert online["mechanism"] == "SCRAM-SHA-1", js.explain()
-            assert _server_logged(server, f"authenticated as {js_jid.split('@')[0]} with SCRAM-SHA-1")
+            assert server.logged(f"authenticated as {js_jid.split('@')[0]} with SCRAM-SHA-1")
             assert online["secure"] is True and online["tls"] in ("TLSv1.2", "TLSv1.3"), online
             full_jid = online["jid"]
             assert full_jid.startswith(js_jid + "/"), online
@@ -366,7 +357,7 @@ def test_xmppjs_wrong_password_is_not_authorized(server: ServerProcess, node: st
     assert error["name"] == "SASLError", js.explain()
     assert error["condition"] == "not-authorized", js.explain()
     assert "not-authorized" in error["message"]
-    assert _server_logged(server, f"failed to authenticate as {jid.split('@')[0]} (not-authorized)")
+    assert server.logged(f"failed to authenticate as {jid.split('@')[0]} (not-authorized)")
 
 
 def test_xmppjs_verifies_the_certificate(server: ServerProcess, node: str, new_user: Callable[[str], str]) -> None:

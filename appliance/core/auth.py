@@ -12,8 +12,9 @@ from appliance.store import users
 from appliance.store.db import Database
 
 
-class _FailureLog:
-    """Failure times per key within a sliding window; forgets keys once their window is empty."""
+class SlidingWindow:
+    """Event times per key within a sliding window (login failures, registrations); forgets keys
+    once their window is empty, so memory follows recent activity only."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit, self.window = limit, window
@@ -46,8 +47,9 @@ class AuthManager:
         self.db = db
         self.iterations = iterations
         self.decoy_secret = os.urandom(32)  # per process: decoys are stable while it runs
-        self.accounts = _FailureLog(limits.login_failures_per_account, limits.login_failure_window)
-        self.addresses = _FailureLog(limits.login_failures_per_address, limits.login_failure_window)
+        self.accounts = SlidingWindow(limits.login_failures_per_account, limits.login_failure_window)
+        self.addresses = SlidingWindow(limits.login_failures_per_address, limits.login_failure_window)
+        self.registrations = SlidingWindow(limits.registrations_per_address, limits.registration_window)
 
     def for_connection(self, address: str) -> ConnectionAuth:
         return ConnectionAuth(self, address)

@@ -42,7 +42,8 @@ async def deliver_to_bare(server: Server, routed: Routed) -> bool:
     if msg_type == "groupchat":
         raise StanzaError("service-unavailable")
     if msg_type == "headline":
-        delivered = [s for s in sessions if server.deliver(s, routed.el)]
+        for session in sessions:
+            server.deliver(session, routed.el)
         return True  # headlines to nobody may be dropped (§8.5.2.1.1)
     if sessions:
         top = max(s.priority for s in sessions)

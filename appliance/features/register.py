@@ -41,7 +41,11 @@ def setup(server: Server) -> None:
             if iq.get("type") != "set":
                 raise StanzaError("bad-request")
             username, password = _credentials(iq)
+            registrations = server.auth.registrations
+            if registrations.blocked(state["address"]):
+                raise StanzaError("policy-violation", "too many accounts created from your address; try later")
             await _create(server, username, password)
+            registrations.record(state["address"])
             log.info("registered %s@%s in-band", username, server.domain)
             return iq_result(iq)
         except StanzaError as error:

@@ -112,7 +112,7 @@ class Connection:
         self.scope = trio.CancelScope()
         self.close_error: StreamError | None = None
         self.last_heard = trio.current_time()
-        self.preauth_state: dict[str, Any] = {}
+        self.preauth_state: dict[str, Any] = {"address": address}
         self._in_flight: list[Element] = []
         self.auth = self.server.auth.for_connection(address)
         send, receive = trio.open_memory_channel[bytes | Element](self.server.config.limits.outbox_stanzas)
