@@ -215,3 +215,34 @@ def test_sigterm_shutdown(fresh_server: ServerProcess) -> None:
     assert "shutting down: closing 1 sessions" in log
     assert log.rstrip().endswith("stopped; database closed cleanly"), log[-500:]
     assert "Traceback" not in log
+
+
+def _port_free(port: int) -> bool:
+    import socket
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_serve_with_no_configuration_uses_embedded_defaults(tmp_path: Path) -> None:
+    """What scripts/run.sh does: no file at all; ./data appears with the database and a certificate,
+    and the standard ports 5222 (STARTTLS) and 5223 (direct TLS) answer."""
+    if not (_port_free(5222) and _port_free(5223)):
+        pytest.skip("ports 5222/5223 are taken on this machine")
+    from tests.harness import wait_for_port
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--domain", "default.test"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(5222, proc)
+        wait_for_port(5223, proc)
+        data = tmp_path / "data"
+        assert (data / "appliance.sqlite3").exists()
+        assert (data / "tls" / "cert.pem").exists() and (data / "tls" / "key.pem").stat().st_mode & 0o077 == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, output
+    assert "created a self-signed certificate" in output and "database closed cleanly" in output
