@@ -7,5 +7,6 @@ class Event(Enum):
     SESSION_BOUND = "session-bound"            # session: a resource was bound
     SESSION_CLOSED = "session-closed"          # session: the stream ended, for whatever reason
     PRESENCE_INITIAL = "presence-initial"      # session: first available presence of a session
-    MESSAGE_OFFLINE = "message-offline"        # stanza: no resource can take this message now
+    MESSAGE_OFFLINE = "message-offline"        # routed: no resource can take this message now
+    MESSAGE_DELIVERED = "message-delivered"    # routed, sessions: a message to a local account was queued to these
     USER_DELETED = "user-deleted"              # username: account removed

@@ -116,6 +116,8 @@ class Server:
         """Queue for one session. A full outbox means a reader too slow: close it, report failure."""
         if session.closing or session.closed:
             return False
+        if session.gate is not None and session.gate(stanza):
+            return True
         if session.push(stanza):
             return True
         session.closing = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from appliance.proto.errors import StreamError
 from appliance.proto.jid import JID
@@ -21,6 +21,10 @@ class Session:
     priority: int = 0
     interested: bool = False                  # requested the roster (RFC 6121 §2.1.6)
     directed: set[JID] = field(default_factory=set)   # sent directed presence to these full JIDs
+    # A feature may hold back what is delivered (XEP-0352 client state): gate(stanza) returns True
+    # when it took the stanza, which then counts as delivered; it must push or hand it back later.
+    gate: Callable[[Element], bool] | None = None
+    state: dict[str, Any] = field(default_factory=dict)   # per-session state of features, by feature name
     closing: bool = False                     # terminate() was called; closed follows at unbind
     closed: bool = False
 

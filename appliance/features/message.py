@@ -25,6 +25,7 @@ def setup(server: Server) -> None:
         assert routed.to is not None
         session = server.sessions.get(routed.to)
         if session is not None and server.deliver(session, routed.el):
+            await server.emit(Event.MESSAGE_DELIVERED, routed, [session])
             return True
         if routed.type == "groupchat" or not server.db.read(users.user_exists, routed.to.local):
             raise StanzaError("service-unavailable")
@@ -47,7 +48,11 @@ async def deliver_to_bare(server: Server, routed: Routed) -> bool:
         return True  # headlines to nobody may be dropped (§8.5.2.1.1)
     if sessions:
         top = max(s.priority for s in sessions)
-        if any(server.deliver(s, routed.el) for s in sessions if s.priority == top):
+        # Every "most available" resource gets it (§8.5.2.1.1 (a)): a phone and a desktop at the
+        # same priority both show the message.
+        delivered = [s for s in sessions if s.priority == top and server.deliver(s, routed.el)]
+        if delivered:
+            await server.emit(Event.MESSAGE_DELIVERED, routed, delivered)
             return True
     if msg_type in OFFLINE_TYPES and await server.emit(Event.MESSAGE_OFFLINE, routed):
         return True

@@ -58,6 +58,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX offline_messages_by_user ON offline_messages(username, id);
     """,
+    # 2: XEP-0191 blocking (features/blocking.py). Reserved while it is written.
+    """
+    SELECT 1;
+    """,
+    # 3: XEP-0313 message archive (features/mam.py). Reserved while it is written.
+    """
+    SELECT 1;
+    """,
+    # 4: XEP-0198 delivery tracking (features/offline.py, net/c2s.py). Reserved while it is written.
+    """
+    SELECT 1;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
