@@ -47,6 +47,7 @@ async def run(config: Config, *, handle_signals: bool = True,
         service = C2SService(server, tls, binding)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
+            service.hibernation.nursery = nursery
             ports = await nursery.start(lambda **kw: service.listen(config.c2s_port, direct_tls=False, **kw))
             tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
             if handle_signals:

@@ -29,12 +29,21 @@ class Limits:
     outbox_stanzas: int = 1000              # queued outgoing stanzas before a reader is "too slow"
     offline_per_user: int = 1000            # stored offline messages per account
     roster_items: int = 2000
+    csi_buffer: int = 500                   # XEP-0352: stanzas held for an inactive client before a flush
+    blocklist_items: int = 1000             # XEP-0191 blocked JIDs per account
 
 
 @dataclass
 class Keepalive:
     ping_interval: float = 300.0            # server pings a client that was silent this long
     ping_timeout: float = 60.0              # no answer in this time: the link is dead
+
+
+@dataclass
+class StreamManagement:
+    resume_timeout: float = 600.0           # XEP-0198: a broken link's session waits this long for the phone
+    request_after: int = 5                  # ask for an ack (<r/>) once this many stanzas are unacked...
+    request_seconds: float = 30.0           # ...or once the oldest has waited this long
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Config:
     admins: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     keepalive: Keepalive = field(default_factory=Keepalive)
+    stream_management: StreamManagement = field(default_factory=StreamManagement)
 
     @property
     def database_path(self) -> Path:

@@ -10,3 +10,5 @@ class Event(Enum):
     MESSAGE_OFFLINE = "message-offline"        # routed: no resource can take this message now
     MESSAGE_DELIVERED = "message-delivered"    # routed, sessions: a message to a local account was queued to these
     USER_DELETED = "user-deleted"              # username: account removed
+    DELIVERY_CONFIRMED = "delivery-confirmed"  # username, receipts: the client has these stored stanzas
+    RECEIPTS_RELEASED = "receipts-released"    # username: a session ended with stored stanzas unconfirmed

@@ -41,6 +41,7 @@ class Routed:
     to: JID | None
     target: Target
     origin: Session | None
+    receipt: int | None = None   # the durable copy of this message (offline row), once one is written
 
     @property
     def payload(self) -> Element | None:

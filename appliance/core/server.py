@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 from appliance.config import Config
@@ -28,6 +29,7 @@ log = logging.getLogger("appliance.router")
 Observer = Callable[..., Awaitable[bool | None]]
 PreAuthHandler = Callable[[Element, dict[str, Any]], Awaitable[Element]]
 FeatureBuilder = Callable[[Stage, "Session | None"], "Element | None"]
+NonzaHandler = Callable[[Session, Element], Awaitable[None]]
 
 
 class Server:
@@ -43,6 +45,9 @@ class Server:
         self.stream_features: list[FeatureBuilder] = []
         self.preauth: dict[str, PreAuthHandler] = {}
         self.disco_features: dict[str, set[str]] = {"server": set(), "account": set()}
+        self.nonza: dict[str, NonzaHandler] = {}          # top-level elements after bind, by namespace
+        self.resumable: dict[str, Session] = {}           # XEP-0198 resumption id -> session
+        self.in_flight: Counter[int] = Counter()          # receipts held by live sessions (and how many)
         self._observers: dict[Event, list[tuple[int, Observer]]] = {}
 
     # ---- the Feature API ----------------------------------------------------------------------
@@ -68,6 +73,10 @@ class Server:
 
     def add_preauth_iq(self, namespace: str, handler: PreAuthHandler) -> None:
         self.preauth[namespace] = handler
+
+    def add_nonza(self, namespace: str, handler: NonzaHandler) -> None:
+        """Top-level elements of `namespace` after bind (e.g. XEP-0352 <active/>) go to `handler`."""
+        self.nonza[namespace] = handler
 
     def add_disco_feature(self, var: str, *, server: bool = True, account: bool = False) -> None:
         if server:
@@ -112,39 +121,73 @@ class Server:
         session.closed = True
         session.presence = None
 
-    def deliver(self, session: Session, stanza: Element) -> bool:
-        """Queue for one session. A full outbox means a reader too slow: close it, report failure."""
+    def deliver(self, session: Session, stanza: Element, receipt: int | None = None) -> bool:
+        """Queue for one session. A full outbox means a reader too slow: close it, report failure.
+        With a receipt (the stanza's durable copy), the copy is deleted once the client has it."""
         if session.closing or session.closed:
             return False
-        if session.gate is not None and session.gate(stanza):
-            return True
-        if session.push(stanza):
+        if (session.gate is not None and session.gate(stanza)) or session.push(stanza):
+            self._hold(session, stanza, receipt)
             return True
         session.closing = True
         log.warning("%s is not reading (outbox full); closing its session", session.jid)
         session.terminate(StreamError("policy-violation", "too many stanzas waiting: you read too slowly"))
         return False
 
-    async def deliver_patiently(self, session: Session, stanza: Element) -> bool:
+    async def deliver_patiently(self, session: Session, stanza: Element, receipt: int | None = None) -> bool:
         """Queue for one session, waiting while its outbox is full: for bulk sends (offline messages)
         that must not make a reader look too slow. Ends when the stanza is queued or the session ends."""
-        if session.closing or session.closed:
+        if session.closing or session.closed or not await session.push_wait(stanza):
             return False
-        return await session.push_wait(stanza)
+        self._hold(session, stanza, receipt)
+        return True
 
-    async def undelivered(self, stanzas: list[Element]) -> None:
-        """Stanzas left in a closed session's outbox: messages go round again (to another
-        resource or offline storage), requests bounce; presence is state and is re-sent on probe."""
+    def _hold(self, session: Session, stanza: Element, receipt: int | None) -> None:
+        if receipt is not None:
+            session.receipts[stanza] = receipt
+            self.in_flight[receipt] += 1
+
+    def _release(self, session: Session, stanza: Element) -> int | None:
+        receipt = session.receipts.pop(stanza, None)
+        if receipt is not None:
+            self.in_flight[receipt] -= 1
+            if self.in_flight[receipt] <= 0:
+                del self.in_flight[receipt]
+        return receipt
+
+    async def confirm(self, session: Session, stanzas: list[Element]) -> None:
+        """The client has these stanzas: their durable copies can go."""
+        done = [r for s in stanzas if (r := self._release(session, s)) is not None]
+        if done:
+            await self.emit(Event.DELIVERY_CONFIRMED, session.username, done)
+
+    async def end_session(self, session: Session, unsent: list[Element]) -> None:
+        """A session is over for good; what the client never confirmed goes round again."""
+        if session.sm is not None and session.sm.id is not None:
+            self.resumable.pop(session.sm.id, None)
+        unconfirmed = (list(session.sm.unacked) if session.sm is not None else []) + unsent
+        await self.unbind(session)
+        await self.undelivered(session, unconfirmed)
+        if session.receipts:  # e.g. stanzas a feature held back and never handed back
+            for stanza in list(session.receipts):
+                self._release(session, stanza)
+            await self.emit(Event.RECEIPTS_RELEASED, session.username)
+
+    async def undelivered(self, session: Session, stanzas: list[Element]) -> None:
+        """Stanzas a session will never get: messages go round again (another resource, or offline
+        storage; one already stored keeps its stored copy), requests bounce; presence is state and
+        is re-sent on probe."""
         for stanza in stanzas:
+            receipt = self._release(session, stanza)
             kind = kind_of(stanza)
             if kind == "message" and stanza.get("type") != "error":
-                await self.route(stanza)
+                await self.route(stanza, receipt=receipt)
             elif kind == "iq" and stanza.get("type") in ("get", "set"):
                 await self.route(error_reply(stanza, StanzaError("recipient-unavailable")))
 
     # ---- routing ----------------------------------------------------------------------------------
 
-    async def route(self, el: Element, origin: Session | None = None) -> None:
+    async def route(self, el: Element, origin: Session | None = None, receipt: int | None = None) -> None:
         kind = kind_of(el)
         if kind is None:
             return
@@ -158,7 +201,7 @@ class Server:
         except InvalidJID as exc:
             return await self._bounce(el, origin, StanzaError("jid-malformed", str(exc)))
         target = classify(to, sender, self.domain)
-        routed = Routed(el, kind, el.get("type"), sender, to, target, origin)
+        routed = Routed(el, kind, el.get("type"), sender, to, target, origin, receipt)
         try:
             for handler in self.table.chain(kind, target, namespaces_of(el, kind)):
                 if await handler(routed):

@@ -25,6 +25,11 @@ class Session:
     # when it took the stanza, which then counts as delivered; it must push or hand it back later.
     gate: Callable[[Element], bool] | None = None
     state: dict[str, Any] = field(default_factory=dict)   # per-session state of features, by feature name
+    # Delivery receipts: stanza -> its durable copy (offline row id). The row is deleted once the
+    # client has the stanza (XEP-0198 ack, or written to a stream without stream management).
+    receipts: dict[Element, int] = field(default_factory=dict)
+    sm: Any = None                            # proto.sm.StreamManagement once enabled
+    link: Any = None                          # the connection serving it; None while hibernating
     closing: bool = False                     # terminate() was called; closed follows at unbind
     closed: bool = False
 

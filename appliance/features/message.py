@@ -5,6 +5,7 @@ from __future__ import annotations
 from appliance.core.events import Event
 from appliance.core.router import ANY, Routed, Target
 from appliance.core.server import Server
+from appliance.features import offline
 from appliance.proto.errors import StanzaError
 from appliance.store import users
 
@@ -24,9 +25,11 @@ def setup(server: Server) -> None:
         """Full JID (§8.5.3): that resource, or else treated as the bare JID where the type allows."""
         assert routed.to is not None
         session = server.sessions.get(routed.to)
-        if session is not None and server.deliver(session, routed.el):
-            await server.emit(Event.MESSAGE_DELIVERED, routed, [session])
-            return True
+        if session is not None:
+            receipt = await offline.persist(server, routed) if (routed.type or "normal") in OFFLINE_TYPES else None
+            if server.deliver(session, routed.el, receipt):
+                await server.emit(Event.MESSAGE_DELIVERED, routed, [session])
+                return True
         if routed.type == "groupchat" or not server.db.read(users.user_exists, routed.to.local):
             raise StanzaError("service-unavailable")
         if routed.type == "error":
@@ -47,10 +50,11 @@ async def deliver_to_bare(server: Server, routed: Routed) -> bool:
             server.deliver(session, routed.el)
         return True  # headlines to nobody may be dropped (§8.5.2.1.1)
     if sessions:
+        receipt = await offline.persist(server, routed) if msg_type in OFFLINE_TYPES else None
         top = max(s.priority for s in sessions)
         # Every "most available" resource gets it (§8.5.2.1.1 (a)): a phone and a desktop at the
         # same priority both show the message.
-        delivered = [s for s in sessions if s.priority == top and server.deliver(s, routed.el)]
+        delivered = [s for s in sessions if s.priority == top and server.deliver(s, routed.el, receipt)]
         if delivered:
             await server.emit(Event.MESSAGE_DELIVERED, routed, delivered)
             return True

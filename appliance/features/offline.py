@@ -1,8 +1,13 @@
-"""XEP-0160 offline messages: kept when nobody can take them, delivered at the next available presence.
+"""XEP-0160 offline messages, and the durable copy of every message on its way to a local account.
 
-Storing commits before the observer returns, so a message the router counts as handled is on
-disk (the durability promise). A full store answers the sender with an error; nothing is dropped
-silently. Stored messages carry a XEP-0203 <delay/> with the time the server first received them.
+A message worth keeping is written here *before* it is handed to any session (`persist`), and the
+row is deleted only when a client confirms it has the message (an XEP-0198 ack, or the write to a
+stream without stream management). So a message the server has acknowledged to its sender is on
+disk until its recipient has it, whatever happens to the link or the process in between; what
+nobody confirmed is simply still here, and goes out at the next available presence.
+
+A full store answers the sender with an error; nothing is dropped silently. Stored messages carry
+a XEP-0203 <delay/> with the time the server first received them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from appliance.core.session import Session
 from appliance.features.presence import parse_stored
 from appliance.proto import ns
 from appliance.proto.errors import StanzaError
+from appliance.proto.jid import JID
 from appliance.proto.stanza import Element, serialize
 from appliance.store import offline
 from appliance.store.users import NoSuchUser
@@ -37,6 +43,8 @@ def setup(server: Server) -> None:
     locks: dict[str, trio.Lock] = {}  # per user: two resources logging in at once get each message once
 
     async def store(routed: Routed) -> bool:
+        if routed.receipt is not None:
+            return True  # written before delivery was tried: it is offline already
         return await store_message(server, routed)
 
     async def flush(session: Session) -> None:
@@ -50,8 +58,25 @@ def setup(server: Server) -> None:
             if not lock.statistics().tasks_waiting:
                 locks.pop(session.username, None)
 
+    async def confirmed(username: str, receipts: list[int]) -> None:
+        await server.db.write(offline.delete_messages, username, receipts)
+
+    async def released(username: str) -> None:
+        """A session ended holding stored messages: the account's other resources get them now."""
+        for session in server.sessions.available(JID(username, server.domain)):
+            await flush(session)
+
     server.on(Event.MESSAGE_OFFLINE, store)
     server.on(Event.PRESENCE_INITIAL, flush)
+    server.on(Event.DELIVERY_CONFIRMED, confirmed)
+    server.on(Event.RECEIPTS_RELEASED, released)
+
+
+async def persist(server: Server, routed: Routed) -> int | None:
+    """The durable copy of a message before any session gets it; None if it is not worth keeping."""
+    if routed.receipt is None and worth_keeping(routed.el):
+        routed.receipt = await _write(server, routed)
+    return routed.receipt
 
 
 def worth_keeping(el: Element) -> bool:
@@ -76,18 +101,22 @@ async def store_message(server: Server, routed: Routed) -> bool:
     if not worth_keeping(routed.el):
         log.debug("not storing a message without content for %s", routed.to_bare)
         return True  # handled: a typing notification for nobody is simply over
-    user = routed.to_bare.local
+    routed.receipt = await _write(server, routed)
+    log.debug("stored a message for %s (offline)", routed.to_bare)
+    return True
+
+
+async def _write(server: Server, routed: Routed) -> int:
     now = time.time()
     stanza = serialize(stamped(routed.el, server.domain, now))
     try:
-        await server.db.write(offline.store_message, user, stanza, now, server.config.limits.offline_per_user)
+        return await server.db.write(offline.store_message, routed.to_bare.local, stanza, now,
+                                     server.config.limits.offline_per_user)
     except offline.OfflineFull:
         log.warning("offline storage for %s is full; refusing a message", routed.to_bare)
         raise StanzaError("service-unavailable", "the recipient's offline storage is full") from None
     except NoSuchUser:
         raise StanzaError("service-unavailable") from None
-    log.debug("stored a message for %s (offline)", routed.to_bare)
-    return True
 
 
 def stamped(el: Element, domain: str, when: float) -> Element:
@@ -103,19 +132,15 @@ def stamped(el: Element, domain: str, when: float) -> Element:
 
 
 async def deliver_stored(server: Server, session: Session) -> None:
-    """In order, waiting for room in the outbox; delete what was queued after each chunk."""
-    chunk = max(1, server.config.limits.outbox_stanzas // 4)
-    while not session.closed:
-        rows = server.db.read(offline.fetch_messages, session.username)[:chunk]
-        if not rows:
-            return
-        queued = []
-        for id_, stanza, _stamp in rows:
-            if not await server.deliver_patiently(session, parse_stored(stanza)):
-                break
-            queued.append(id_)
-        if queued:
-            await server.db.write(offline.delete_messages, session.username, queued)
-            log.info("delivered %d offline messages to %s", len(queued), session.jid)
-        if len(queued) < len(rows):
-            return  # the session is gone; what is left waits for the next login
+    """In order, waiting for room in the outbox. Rows another live session holds are skipped; a
+    row is deleted when this client confirms it (see `confirmed`)."""
+    rows = server.db.read(offline.fetch_messages, session.username)
+    sent = 0
+    for id_, stanza, _stamp in rows:
+        if id_ in server.in_flight:
+            continue
+        if not await server.deliver_patiently(session, parse_stored(stanza), receipt=id_):
+            break  # the session is gone; the rest waits for the next login
+        sent += 1
+    if sent:
+        log.info("delivered %d stored messages to %s", sent, session.jid)

@@ -16,9 +16,11 @@ from lxml import etree
 
 from appliance.core.server import Server
 from appliance.core.session import Session
+from appliance.net import sm
 from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import InvalidJID
+from appliance.proto.sm import REQUEST, failed_xml, parse_h
 from appliance.proto.stanza import Element, make, serialize, stream_header
 
 log = logging.getLogger("appliance.c2s")
@@ -37,6 +39,8 @@ class C2SService:
         self.channel_binding = channel_binding
         self.per_address: Counter[str] = Counter()
         self.connections: set[Connection] = set()
+        self.hibernation = sm.Hibernation(server)
+        server.add_stream_feature(sm.stream_feature)
 
     async def listen(self, port: int, *, direct_tls: bool,
                      task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -79,6 +83,7 @@ class C2SService:
         with trio.move_on_after(grace):
             while self.connections:
                 await trio.sleep(0.05)
+        await self.hibernation.end_all()
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -114,6 +119,8 @@ class Connection:
         self.last_heard = trio.current_time()
         self.preauth_state: dict[str, Any] = {"address": address}
         self._in_flight: list[Element] = []
+        self.clean_close = False          # the client ended the stream itself
+        self.resumed_elsewhere = False    # XEP-0198: another connection took the session over
         self.auth = self.server.auth.for_connection(address)
         send, receive = trio.open_memory_channel[bytes | Element](self.server.config.limits.outbox_stanzas)
         self.outbox, self.outbox_reader = send, receive
@@ -127,6 +134,7 @@ class Connection:
             max_stanza_bytes=config.limits.max_stanza_bytes, max_depth=config.limits.max_depth,
             channel_binding=self.service.channel_binding,
             preauth_namespaces=frozenset(server.preauth),
+            nonza_namespaces=frozenset({ns.SM, *server.nonza}),
             extra_features=lambda stage: server.features_for(stage, self.session),
             auth_allowed=self.auth.allowed,
         )
@@ -166,6 +174,7 @@ class Connection:
             with self.reader_scope:
                 async with trio.open_nursery() as reader:
                     reader.start_soon(self._keepalive)
+                    reader.start_soon(self._request_acks)
                     await self._read_loop()
                     reader.cancel_scope.cancel()
             self._end_stream()
@@ -183,8 +192,8 @@ class Connection:
         if data:
             try:
                 self.outbox.send_nowait(data)
-            except trio.WouldBlock:
-                pass  # a full outbox: this client is not reading anyway
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass  # a full outbox (this client is not reading anyway), or the session moved on
 
     @property
     def who(self) -> str:
@@ -204,11 +213,30 @@ class Connection:
         with trio.CancelScope(shield=True):
             if self.session is None:
                 await self._goodbye_before_bind()
+            elif self.resumed_elsewhere:
+                pass  # the session lives on in another connection
+            elif self._may_hibernate():
+                self.service.hibernation.hibernate(self.session, self._unwritten())
             else:
-                await self.server.unbind(self.session)
-                await self.server.undelivered(self._unwritten())
+                await self.server.end_session(self.session, self._unwritten())
             await self._close_transport()
             log.info("%s: disconnected%s", self.who, f" ({self.close_error})" if self.close_error else "")
+
+    def _may_hibernate(self) -> bool:
+        """XEP-0198: keep a resumable session whose link failed; not one that was ended on purpose."""
+        session = self.session
+        if session is None or session.sm is None or not session.sm.resumable or self.clean_close:
+            return False
+        return self.close_error is None or self.close_error.condition not in (
+            "conflict", "not-authorized", "system-shutdown", "undefined-condition")
+
+    def surrender(self) -> list[Element]:
+        """Another connection resumed this session: stop here and hand over what was never written
+        (what was written but not acknowledged is in session.sm.unacked already)."""
+        self.resumed_elsewhere = True
+        unsent = self._unwritten()
+        self.terminate(None)
+        return unsent
 
     async def _close_transport(self) -> None:
         """Read what the client still sends after our close (its </stream:stream>, its TLS
@@ -282,6 +310,8 @@ class Connection:
                 self.proto.send_stanza(await self.server.preauth[namespace](iq, self.preauth_state))
             case c2s.BindRequested(iq=iq, resource=resource):
                 await self._bind(iq, resource)
+            case c2s.NonzaIn(element=element):
+                await self._nonza_before_bind(element)
             case c2s.Closed(error=error):
                 if error is not None:
                     log.info("%s: stream error %s (%s)", self.address, error.condition, error.text)
@@ -302,7 +332,33 @@ class Connection:
         except InvalidJID as exc:
             self.proto.bind_failed(iq, StanzaError("bad-request", f"invalid resource: {exc}"))
             return
+        self.session.link = self
         self.proto.bind_succeeded(iq, str(self.session.jid))
+
+    async def _nonza_before_bind(self, element: Element) -> None:
+        if sm.is_sm(element) and sm.local(element) == "resume":
+            await self._resume(element)
+        elif sm.is_sm(element):
+            self.proto.send_raw(failed_xml("unexpected-request"))  # <enable/> comes after bind
+
+    async def _resume(self, element: Element) -> None:
+        session, h = sm.find_resumable(self, element)
+        if session is None:
+            self.proto.send_raw(failed_xml("item-not-found"))
+            log.info("%s: nothing to resume for %s", self.address, self.proto.username)
+            return
+        queued = sm.take_over(self, session)
+        again = session.sm.resume_from(h) + queued
+        self.session = session
+        session.push, session.push_wait, session.terminate = self._push, self._push_wait, self.terminate
+        session.link, session.closing = self, False
+        self.proto.resumed()
+        self.proto.send_raw(session.sm.resumed_xml(element.get("previd", "")))
+        if len(again) > self.server.config.limits.outbox_stanzas:
+            self.outbox, self.outbox_reader = trio.open_memory_channel[bytes | Element](len(again) * 2)
+        for stanza in again:
+            self.outbox.send_nowait(stanza)
+        log.info("%s resumed from %s; sending %d stanzas again", session.jid, self.address, len(again))
 
     # ---- bound: reader, writer, keepalive ------------------------------------------------------------
 
@@ -338,9 +394,36 @@ class Connection:
             for event in events:
                 if isinstance(event, c2s.StanzaIn):
                     await self.server.route(event.stanza, self.session)
+                    if self.session.sm is not None:
+                        self.session.sm.received()  # handled, and durable where it must be: ackable
+                elif isinstance(event, c2s.NonzaIn):
+                    try:
+                        await self._nonza(event.element)
+                    except StreamError as error:
+                        self.close_error = error
+                        return
                 elif isinstance(event, c2s.Closed):
                     self.close_error = self.close_error or event.error
+                    self.clean_close = event.error is None
                     return
+
+    async def _nonza(self, element: Element) -> None:
+        session = self.session
+        assert session is not None
+        if not sm.is_sm(element):
+            handler = self.server.nonza.get(etree.QName(element).namespace or "")
+            if handler is not None:
+                await handler(session, element)
+            return
+        name = sm.local(element)
+        if name == "enable":
+            await self.outbox.send(sm.enable(self, element))
+        elif name == "r" and session.sm is not None:
+            await self.outbox.send(session.sm.ack_xml())
+        elif name == "a" and session.sm is not None:
+            await self.server.confirm(session, session.sm.ack(parse_h(element)))
+        elif name in ("enable", "resume", "r"):
+            await self.outbox.send(failed_xml("unexpected-request"))
 
     async def _write_loop(self, done: trio.Event) -> None:
         async for item in self.outbox_reader:
@@ -350,12 +433,58 @@ class Connection:
                     batch.append(self.outbox_reader.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            # Until send_all returns, these stanzas may not have left: if it is cancelled they are
-            # handed back to the router (a possible duplicate beats a silent loss).
-            self._in_flight = [i for i in batch if not isinstance(i, bytes)]
-            await self.stream.send_all(b"".join(i if isinstance(i, bytes) else serialize(i) for i in batch))
-            self._in_flight = []
+            await self._write_batch(batch)
         done.set()
+
+    async def _write_batch(self, batch: list[bytes | Element]) -> None:
+        session = self.session
+        assert session is not None
+        chunks: list[bytes] = []
+        uncounted: list[Element] = []
+        for item in batch:
+            if isinstance(item, bytes):
+                chunks.append(item)
+                if isinstance(item, sm.SmEnabled):
+                    session.sm.counting = True
+                continue
+            chunks.append(serialize(item))
+            if session.sm is not None and session.sm.counting:
+                session.sm.sending(item)  # counted as it is handed over; an ack or a resume settles it
+            else:
+                uncounted.append(item)
+        if self._should_request(session):
+            chunks.append(REQUEST)
+        # Until send_all returns, uncounted stanzas may not have left: if it is cancelled they are
+        # handed back to the router (a possible duplicate beats a silent loss).
+        self._in_flight = uncounted
+        await self.stream.send_all(b"".join(chunks))
+        self._in_flight = []
+        if uncounted:  # no stream management: written is as delivered as we can know
+            await self.server.confirm(session, uncounted)
+
+    def _should_request(self, session: Session) -> bool:
+        state = session.sm
+        if state is None or not state.counting or state.request_pending:
+            return False
+        if len(state.unacked) >= self.server.config.stream_management.request_after:
+            state.request_pending = True
+        return state.request_pending
+
+    async def _request_acks(self) -> None:
+        """Ask for an ack when stanzas have waited `request_seconds` unacknowledged."""
+        every = self.server.config.stream_management.request_seconds
+        while True:
+            await trio.sleep(every)
+            state = self.session.sm if self.session else None
+            if state is not None and state.counting and state.unacked and not state.request_pending:
+                state.request_pending = True
+                self._push_bytes(REQUEST)
+
+    def _push_bytes(self, data: bytes) -> None:
+        try:
+            self.outbox.send_nowait(data)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # a full outbox has its own remedy (the session is closed as too slow)
 
     async def _keepalive(self) -> None:
         """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead."""

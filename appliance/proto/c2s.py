@@ -143,6 +143,11 @@ class C2SStream:
         self.stage = Stage.BOUND
         self.send_stanza(iq_result(iq, bind))
 
+    def resumed(self) -> None:
+        """XEP-0198: a resumed session is bound already; no <bind/> follows."""
+        assert self.stage is Stage.AUTHENTICATED
+        self.stage = Stage.BOUND
+
     def bind_failed(self, iq: Element, error: StanzaError) -> None:
         self.send_stanza(error_reply(iq, error))
 
