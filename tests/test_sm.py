@@ -236,3 +236,23 @@ def test_what_the_server_acked_survives_sigkill(fresh_server: ServerProcess) -> 
     later = online(fresh_server, b_jid, resource="after-crash")
     assert read_messages(later, 10) == texts
     later.close()
+
+
+def test_a_dead_link_is_found_by_ping_and_the_session_hibernates(fresh_server: ServerProcess) -> None:
+    """The phone's link stalls without any TCP signal: the server's ping goes unanswered, and the
+    session is hibernated (not ended) within ping_interval + ping_timeout."""
+    fresh_server.settings = {"keepalive.ping_interval": 1, "keepalive.ping_timeout": 1}
+    fresh_server.start()
+    b_jid = fresh_server.add_user("stalled")
+    b = online(fresh_server, b_jid)
+    previd = resumption_id(enable(b))
+    started = time.monotonic()
+    assert fresh_server.logged("no answer to ping", timeout=10)
+    assert fresh_server.logged("link lost; session kept", timeout=5)
+    assert time.monotonic() - started < 6
+    again = RawClient(fresh_server).open()
+    again.authenticate("stalled")
+    again.header()
+    again.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+    assert b"<resumed" in again.read_until(b"/>")
+    again.close()
