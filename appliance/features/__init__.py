@@ -7,11 +7,11 @@ which they register; priorities, not order, decide who runs first.
 from __future__ import annotations
 
 from appliance.core.server import Server
-from appliance.features import (carbons, csi, disco, iq_routing, legacy_session, message, offline, ping, presence,
-                                 register, roster, subscription, version)
+from appliance.features import (blocking, carbons, csi, disco, iq_routing, legacy_session, message, offline, ping,
+                                 presence, register, roster, subscription, version)
 
-FEATURES = [message, iq_routing, legacy_session, ping, version, disco, register, roster, subscription, presence,
-            offline, carbons, csi]
+FEATURES = [blocking, message, iq_routing, legacy_session, ping, version, disco, register, roster, subscription,
+            presence, offline, carbons, csi]
 
 
 def setup_all(server: Server) -> None:

@@ -58,9 +58,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX offline_messages_by_user ON offline_messages(username, id);
     """,
-    # 2: XEP-0191 blocking (features/blocking.py). Reserved while it is written.
+    # 2: XEP-0191 blocking (features/blocking.py).
     """
-    SELECT 1;
+    -- One row per blocked JID: bare, full or a domain, normalised (RFC 7622) by the feature.
+    CREATE TABLE blocklist (
+        username  TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        jid       TEXT NOT NULL,
+        PRIMARY KEY (username, jid)
+    ) WITHOUT ROWID;
     """,
     # 3: XEP-0313 message archive (features/mam.py). Reserved while it is written.
     """
