@@ -46,6 +46,17 @@ class StreamManagement:
     request_seconds: float = 30.0           # ...or once the oldest has waited this long
 
 
+ARCHIVE_MODES = ("always", "never", "roster")
+
+
+@dataclass
+class Archive:
+    enabled: bool = True                    # XEP-0313 message archive of one-to-one chats
+    retention_days: float = 365.0           # older messages are deleted; 0 keeps them for ever
+    default: str = "always"                 # XEP-0441 default until a user sets one: always, never, roster
+    max_page: int = 100                     # results per query page, whatever a client asks for
+
+
 @dataclass
 class Config:
     domain: str = field(default_factory=lambda: socket.gethostname().lower() + ".local")
@@ -63,6 +74,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     keepalive: Keepalive = field(default_factory=Keepalive)
     stream_management: StreamManagement = field(default_factory=StreamManagement)
+    archive: Archive = field(default_factory=Archive)
 
     @property
     def database_path(self) -> Path:
@@ -133,6 +145,8 @@ def load(path: Path | None = None, **overrides: Any) -> Config:
         _apply(config, values, str(path))
     _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
     config.domain = config.domain.lower()
+    if config.archive.default not in ARCHIVE_MODES:
+        raise ConfigError(f"archive.default must be one of {', '.join(ARCHIVE_MODES)}")
     return config
 
 

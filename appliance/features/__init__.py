@@ -7,11 +7,11 @@ which they register; priorities, not order, decide who runs first.
 from __future__ import annotations
 
 from appliance.core.server import Server
-from appliance.features import (blocking, carbons, csi, disco, iq_routing, legacy_session, message, offline, ping,
-                                 presence, register, roster, subscription, version)
+from appliance.features import (blocking, carbons, csi, disco, iq_routing, legacy_session, mam, message, offline,
+                                 ping, presence, register, roster, subscription, version)
 
 FEATURES = [blocking, message, iq_routing, legacy_session, ping, version, disco, register, roster, subscription,
-            presence, offline, carbons, csi]
+            presence, offline, carbons, csi, mam]
 
 
 def setup_all(server: Server) -> None:

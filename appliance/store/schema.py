@@ -67,9 +67,30 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (username, jid)
     ) WITHOUT ROWID;
     """,
-    # 3: XEP-0313 message archive (features/mam.py). Reserved while it is written.
+    # 3: XEP-0313 message archive and XEP-0441 preferences (features/mam.py, store/archive.py).
     """
-    SELECT 1;
+    -- seq: microseconds since the epoch when archived, strictly increasing (store/archive.py), so
+    -- the archive's order, time filters and retention are ranges of one key. id: the opaque
+    -- XEP-0359 stanza-id / MAM UID clients see; never reused (random, unique per archive).
+    CREATE TABLE archive (
+        seq            INTEGER PRIMARY KEY,
+        username       TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        id             TEXT NOT NULL,
+        with_jid       TEXT NOT NULL,               -- the other party, bare
+        with_resource  TEXT NOT NULL DEFAULT '',    -- and its resource, for a full-JID 'with'
+        outgoing       INTEGER NOT NULL,            -- 1: the user sent it
+        stanza         BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX archive_by_id ON archive(username, id);
+    CREATE INDEX archive_by_user ON archive(username, seq);
+    CREATE INDEX archive_by_with ON archive(username, with_jid, seq);
+
+    CREATE TABLE archive_prefs (
+        username  TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+        mode      TEXT NOT NULL CHECK (mode IN ('always', 'never', 'roster')),
+        always    TEXT NOT NULL DEFAULT '[]',      -- JSON arrays of JIDs (bare or full)
+        never     TEXT NOT NULL DEFAULT '[]'
+    );
     """,
     # 4: XEP-0198 delivery tracking (features/offline.py, net/c2s.py). Reserved while it is written.
     """
