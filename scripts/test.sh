@@ -7,6 +7,7 @@ cd "$ROOT"
 
 need_debs=()
 command -v go-sendxmpp >/dev/null || need_debs+=(go-sendxmpp)
+command -v ip >/dev/null || need_debs+=(iproute2)   # tests/netem.py: network namespaces (root only)
 if [ ${#need_debs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

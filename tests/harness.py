@@ -21,13 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -42,6 +42,9 @@ class ServerProcess:
     port: int = 0
     tls_port: int = 0
     proc: subprocess.Popen | None = None
+    # The address the server listens on (unless settings give `listen`) and clients connect to,
+    # e.g. the root side of a tests/netem.py link.
+    host: str = "127.0.0.1"
 
     @property
     def cert(self) -> Path:
@@ -53,11 +56,14 @@ class ServerProcess:
 
     def write_config(self) -> Path:
         self.port, self.tls_port = free_port(), free_port()
-        lines = [f'domain = "{self.domain}"', f'data_dir = "{self.data}"', 'listen = ["127.0.0.1"]',
+        lines = [f'domain = "{self.domain}"', f'data_dir = "{self.data}"',
+                 f"listen = {_toml(self.settings.get('listen', [self.host]))}",
                  f"c2s_port = {self.port}", f"c2s_tls_port = {self.tls_port}", 'log_level = "DEBUG"',
                  "scram_iterations = 4096"]
         tables: dict[str, dict[str, object]] = {}
         for key, value in self.settings.items():
+            if key == "listen":
+                continue
             if "." in key:
                 table, name = key.split(".", 1)
                 tables.setdefault(table, {})[name] = value
@@ -76,8 +82,8 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
                                      stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.proc)
-        wait_for_port(self.tls_port, self.proc)
+        wait_for_port(self.port, self.proc, host=self.host)
+        wait_for_port(self.tls_port, self.proc, host=self.host)
         return self
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -117,6 +123,8 @@ def _toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value) + '"'
 
 

@@ -26,8 +26,9 @@ class StreamClosed(Exception):
 
 class RawClient:
     def __init__(self, server: ServerProcess, *, direct_tls: bool = False, timeout: float = 10.0,
-                 source: str | None = None) -> None:
+                 source: str | None = None, host: str | None = None) -> None:
         self.server = server
+        self.host = host or server.host  # the server's address (127.0.0.1 unless it listens elsewhere)
         self.direct_tls = direct_tls
         self.timeout = timeout
         self.source = source  # e.g. "127.0.0.2": another client address on loopback (Linux)
@@ -38,7 +39,7 @@ class RawClient:
 
     def connect(self) -> RawClient:
         port = self.server.tls_port if self.direct_tls else self.server.port
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout,
+        self.sock = socket.create_connection((self.host, port), timeout=self.timeout,
                                              source_address=(self.source, 0) if self.source else None)
         if self.direct_tls:
             self._wrap()

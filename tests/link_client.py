@@ -1,0 +1,128 @@
+"""A standalone XMPP client process for link tests (run inside a network namespace with `ip netns exec`).
+
+    python tests/link_client.py HOST PORT JID PASSWORD CERT PEER COUNT MODE [--timeout S] [--plugin xep_NNNN]
+
+MODE: `send` (COUNT messages to PEER), `receive` (until COUNT messages from PEER arrived), `both`.
+Bodies are "<sender's JID> <n>" with n = 0..COUNT-1, so the receiver can check order and duplicates.
+Prints one JSON object per line, flushed at once, each with "t" (seconds since the process started):
+  {"event": "online", "jid": full JID}        logged in, presence sent
+  {"event": "sent", "n": n}                   message n handed to the stream
+  {"event": "received", "from": JID, "n": n, "body": ...}
+  {"event": "flushed"}                        a ping to the server came back after the last message
+                                              (the stream is ordered: the server has taken them all)
+  {"event": "disconnected", "reason": ...}    the stream went away (each time)
+  {"event": "done"} / {"event": "timeout"} / {"event": "auth_failed"}
+Exit status: 0 done, 1 authentication failed, 2 timeout (its own `--timeout`, default 60 s).
+Later tests extend it: `--plugin xep_0198` turns on slixmpp's stream management.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import time
+from typing import Any
+
+import slixmpp
+
+START = time.monotonic()
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, "t": round(time.monotonic() - START, 3), **fields}), flush=True)
+
+
+class LinkClient(slixmpp.ClientXMPP):
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.jid, args.password)
+        self.args = args
+        self.ssl_context = ssl.create_default_context(cafile=args.cert)   # checks the JID's domain
+        self.enable_starttls, self.enable_direct_tls, self.enable_plaintext = True, False, False
+        for plugin in ("xep_0199", *args.plugin):
+            self.register_plugin(plugin)
+        self.online = asyncio.get_event_loop().create_future()
+        self.all_received = asyncio.get_event_loop().create_future()
+        self.received = 0
+        self.peer = slixmpp.JID(args.peer).bare
+        self.add_event_handler("session_start", self.on_session_start)
+        self.add_event_handler("failed_all_auth", self.on_auth_failed)
+        self.add_event_handler("message", self.on_message)
+        self.add_event_handler("disconnected", lambda reason: emit("disconnected", reason=str(reason)))
+        if args.mode == "send" or args.count == 0:
+            self.all_received.set_result(True)
+
+    def on_session_start(self, _: Any) -> None:
+        self.send_presence()
+        emit("online", jid=str(self.boundjid))
+        if not self.online.done():
+            self.online.set_result(True)
+
+    def on_auth_failed(self, _: Any) -> None:
+        if not self.online.done():
+            self.online.set_result(False)
+
+    def on_message(self, msg: Any) -> None:
+        if msg["type"] not in ("chat", "normal") or not msg["body"]:
+            return
+        body = msg["body"]
+        n = body.rpartition(" ")[2]
+        emit("received", **{"from": str(msg["from"]), "n": int(n) if n.isdigit() else None, "body": body})
+        if msg["from"].bare == self.peer:
+            self.received += 1
+            if self.received >= self.args.count and not self.all_received.done():
+                self.all_received.set_result(True)
+
+    async def exchange(self) -> int:
+        self.connect(self.args.host, self.args.port)
+        if not await self.online:
+            emit("auth_failed")
+            self.abort()
+            return 1
+        if self.args.mode in ("send", "both"):
+            me = self.boundjid.bare
+            for n in range(self.args.count):
+                self.send_message(mto=self.peer, mbody=f"{me} {n}", mtype="chat")
+                emit("sent", n=n)
+                if self.args.interval:
+                    await asyncio.sleep(self.args.interval)
+            await self.plugin["xep_0199"].ping(jid=self.boundjid.domain, timeout=self.args.timeout)
+            emit("flushed")
+        await self.all_received
+        emit("done")
+        self.disconnect(wait=self.args.linger)
+        await self.disconnected
+        return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("jid")
+    parser.add_argument("password")
+    parser.add_argument("cert", help="the server's certificate (PEM) to trust")
+    parser.add_argument("peer", help="JID to send to / expect messages from")
+    parser.add_argument("count", type=int)
+    parser.add_argument("mode", choices=("send", "receive", "both"))
+    parser.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (exit 2)")
+    parser.add_argument("--interval", type=float, default=0.0, help="seconds between two sent messages")
+    parser.add_argument("--linger", type=float, default=2.0, help="seconds to wait for the server's </stream>")
+    parser.add_argument("--plugin", action="append", default=[], help="extra slixmpp plugin, e.g. xep_0198")
+    args = parser.parse_args()
+
+    async def bounded() -> int:
+        client = LinkClient(args)
+        try:
+            return await asyncio.wait_for(client.exchange(), args.timeout)
+        except asyncio.TimeoutError:
+            emit("timeout", received=client.received)
+            return 2
+
+    sys.exit(asyncio.run(bounded()))
+
+
+if __name__ == "__main__":
+    main()
