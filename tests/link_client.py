@@ -12,8 +12,12 @@ Prints one JSON object per line, flushed at once, each with "t" (seconds since t
                                               (the stream is ordered: the server has taken them all)
   {"event": "disconnected", "reason": ...}    the stream went away (each time)
   {"event": "done"} / {"event": "timeout"} / {"event": "auth_failed"}
+  {"event": "acked", "n": n}                  (with stream management) the server acknowledged message n
+  {"event": "resumed"} / {"event": "sm_failed"}
 Exit status: 0 done, 1 authentication failed, 2 timeout (its own `--timeout`, default 60 s).
-Later tests extend it: `--plugin xep_0198` turns on slixmpp's stream management.
+`--plugin xep_0198` turns on slixmpp's stream management; `--reconnect` reconnects (and so
+resumes) whenever the stream goes away, and `--keepalive S` pings the server every S seconds and
+drops a connection whose ping goes unanswered, as a phone app does.
 """
 
 from __future__ import annotations
@@ -50,13 +54,55 @@ class LinkClient(slixmpp.ClientXMPP):
         self.add_event_handler("session_start", self.on_session_start)
         self.add_event_handler("failed_all_auth", self.on_auth_failed)
         self.add_event_handler("message", self.on_message)
-        self.add_event_handler("disconnected", lambda reason: emit("disconnected", reason=str(reason)))
+        self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("session_resumed", self.on_resumed)
+        self.add_event_handler("sm_failed", lambda _: emit("sm_failed"))
+        self.add_event_handler("stanza_acked", self.on_acked)
+        self.up = asyncio.Event()       # a stream is there to send on
+        self.finished = False
         if args.mode == "send" or args.count == 0:
             self.all_received.set_result(True)
+
+    def on_disconnected(self, reason: Any) -> None:
+        self.up.clear()
+        emit("disconnected", reason=str(reason))
+        if self.args.reconnect and not self.finished:
+            asyncio.get_event_loop().call_later(1.0, self.connect, self.args.host, self.args.port)
+
+    def on_resumed(self, _: Any) -> None:
+        emit("resumed")
+        self.up.set()
+
+    def on_acked(self, stanza: Any) -> None:
+        if stanza.name == "message" and stanza["body"]:
+            n = stanza["body"].rpartition(" ")[2]
+            emit("acked", n=int(n) if n.isdigit() else None)
+
+    async def keepalive(self) -> None:
+        """Ping the server; an unanswered ping means a dead link: drop it (and reconnect)."""
+        while not self.finished:
+            await asyncio.sleep(self.args.keepalive)
+            if not self.up.is_set():
+                continue
+            try:
+                await self.plugin["xep_0199"].ping(jid=self.boundjid.domain, timeout=self.args.keepalive)
+            except Exception:
+                if self.up.is_set() and not self.finished:
+                    emit("ping_timeout")
+                    self.abort()
+
+    async def wait_until_acked(self) -> None:
+        """With stream management: every stanza sent has been acknowledged by the server."""
+        sm = self.plugin["xep_0198"]
+        while sm.unacked_queue:
+            if self.up.is_set():
+                sm.request_ack()
+            await asyncio.sleep(1.0)
 
     def on_session_start(self, _: Any) -> None:
         self.send_presence()
         emit("online", jid=str(self.boundjid))
+        self.up.set()
         if not self.online.done():
             self.online.set_result(True)
 
@@ -81,16 +127,23 @@ class LinkClient(slixmpp.ClientXMPP):
             emit("auth_failed")
             self.abort()
             return 1
+        if self.args.keepalive:
+            asyncio.ensure_future(self.keepalive())
         if self.args.mode in ("send", "both"):
             me = self.boundjid.bare
             for n in range(self.args.count):
+                await self.up.wait()
                 self.send_message(mto=self.peer, mbody=f"{me} {n}", mtype="chat")
                 emit("sent", n=n)
                 if self.args.interval:
                     await asyncio.sleep(self.args.interval)
-            await self.plugin["xep_0199"].ping(jid=self.boundjid.domain, timeout=self.args.timeout)
+            if "xep_0198" in self.args.plugin:
+                await self.wait_until_acked()
+            else:
+                await self.plugin["xep_0199"].ping(jid=self.boundjid.domain, timeout=self.args.timeout)
             emit("flushed")
         await self.all_received
+        self.finished = True
         emit("done")
         self.disconnect(wait=self.args.linger)
         await self.disconnected
@@ -111,6 +164,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between two sent messages")
     parser.add_argument("--linger", type=float, default=2.0, help="seconds to wait for the server's </stream>")
     parser.add_argument("--plugin", action="append", default=[], help="extra slixmpp plugin, e.g. xep_0198")
+    parser.add_argument("--reconnect", action="store_true", help="reconnect (and resume) when the stream goes")
+    parser.add_argument("--keepalive", type=float, default=0.0, help="ping the server every S seconds")
     args = parser.parse_args()
 
     async def bounded() -> int:
