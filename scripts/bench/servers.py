@@ -1,0 +1,205 @@
+"""Start the appliance and Prosody side by side for a benchmark: same domain, same certificate,
+same accounts, loopback ports chosen free, each in its own directory; stopped by PID.
+
+Prosody is Debian's package (installed with apt-get when missing), run in the foreground with a
+generated configuration: its equivalents of what the appliance does for a phone (roster, presence,
+offline, carbons, MAM, stream management, CSI, ping, disco), c2s over STARTTLS, encryption required.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.xmpp import Endpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+DOMAIN = "bench.test"
+PROSODY_MODULES = ("roster", "saslauth", "tls", "disco", "presence", "carbons", "mam", "smacks", "csi_simple",
+                   "ping", "offline", "posix")
+
+
+class SetupError(Exception):
+    """The benchmark cannot run; the message says why and what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SetupError(f"server exited with {proc.returncode}; its log:\n{_tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SetupError(f"port {port} never opened; the log:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """One self-signed certificate (the appliance's own code), used by both servers."""
+    from appliance.net.certs import ensure_certificate
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    ensure_certificate(cert, key, DOMAIN)
+    return cert, key
+
+
+@dataclass
+class Server:
+    name: str
+    endpoint: Endpoint
+    proc: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to our own child by PID, then SIGKILL if it will not go."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# ---- the appliance -----------------------------------------------------------------------------
+
+def start_appliance(workdir: Path, cert: Path, key: Path, accounts: dict[str, str]) -> Server:
+    """The appliance with its defaults (TLS required, stream management, keepalive), one domain."""
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    port, tls_port = free_port(), free_port()
+    config = workdir / "appliance.toml"
+    config.write_text("\n".join([
+        f'domain = "{DOMAIN}"', f'data_dir = "{data}"', 'listen = ["127.0.0.1"]',
+        f"c2s_port = {port}", f"c2s_tls_port = {tls_port}", f'tls_cert = "{cert}"', f'tls_key = "{key}"',
+        'log_level = "INFO"',
+        "[limits]",
+        # every benchmark client comes from 127.0.0.1; the default (32) would refuse a large run
+        f"connections_per_address = {len(accounts) + 8}",
+    ]) + "\n")
+    for name, password in accounts.items():
+        result = subprocess.run([sys.executable, "-m", "appliance", "user", "add", name, "--config", str(config)],
+                                input=password + "\n", capture_output=True, text=True, timeout=60, cwd=ROOT)
+        if result.returncode != 0:
+            raise SetupError(f"appliance user add {name}: {result.stderr.strip()}")
+    log = workdir / "appliance.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    server = Server("appliance", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log)
+    try:
+        wait_for_port(port, proc, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def appliance_version() -> str:
+    result = subprocess.run([sys.executable, "-m", "appliance", "--version"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=30)
+    head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    return f"{result.stdout.strip() or 'appliance'} (git {head.stdout.strip() or '?'})"
+
+
+# ---- Prosody -------------------------------------------------------------------------------------
+
+def ensure_prosody() -> None:
+    """Install Debian's prosody package when it is missing, without starting its system service."""
+    if shutil.which("prosody") and shutil.which("prosodyctl"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SetupError("Prosody is not installed and cannot be installed from here: "
+                         "run `sudo apt-get install prosody` (Debian's package) and try again")
+    print("installing Debian's prosody package (apt-get)...", flush=True)
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    if own_policy:  # keep the package from starting a system-wide Prosody on 5222/5269
+        policy.write_text("#!/bin/sh\n# written by scripts/bench while installing prosody\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "prosody"]):
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            if result.returncode != 0:
+                raise SetupError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
+    if not shutil.which("prosody"):
+        raise SetupError("apt-get installed prosody but there is no `prosody` command")
+
+
+def prosody_version() -> str:
+    result = subprocess.run(["prosodyctl", "about"], capture_output=True, text=True, timeout=30)
+    first = result.stdout.splitlines()[0] if result.stdout else "Prosody ?"
+    return first.strip()
+
+
+def prosody_config(workdir: Path, cert: Path, key: Path, port: int) -> str:
+    modules = "; ".join(f'"{m}"' for m in PROSODY_MODULES)
+    root = "run_as_root = true -- the benchmark may run as root; this Prosody is a throwaway\n" \
+        if os.geteuid() == 0 else ""
+    return f"""-- generated by scripts/bench/servers.py for one benchmark run
+{root}pidfile = "{workdir}/prosody.pid"
+data_path = "{workdir}/data"
+plugin_paths = {{ }}
+certificates = "{cert.parent}"
+log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{workdir}/prosody.log" }} }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+s2s_ports = {{ {free_port()} }}
+modules_enabled = {{ {modules} }}
+c2s_require_encryption = true
+authentication = "internal_hashed"
+storage = "internal"
+allow_registration = false
+ssl = {{ certificate = "{cert}"; key = "{key}" }}
+
+VirtualHost "{DOMAIN}"
+"""
+
+
+def start_prosody(workdir: Path, cert: Path, key: Path, accounts: dict[str, str]) -> Server:
+    ensure_prosody()
+    (workdir / "data").mkdir(parents=True)
+    port = free_port()
+    config = workdir / "prosody.cfg.lua"
+    config.write_text(prosody_config(workdir, cert, key, port))
+    for name, password in accounts.items():
+        result = subprocess.run(["prosodyctl", "--config", str(config), "register", name, DOMAIN, password],
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise SetupError(f"prosodyctl register {name}: {(result.stdout + result.stderr).strip()}")
+    log = workdir / "prosody.log"
+    with open(workdir / "prosody.out", "ab") as out:
+        proc = subprocess.Popen(["prosody", "-F", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=workdir)
+    server = Server("prosody", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log)
+    try:
+        wait_for_port(port, proc, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
