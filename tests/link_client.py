@@ -59,12 +59,14 @@ class LinkClient(slixmpp.ClientXMPP):
         self.add_event_handler("sm_failed", lambda _: emit("sm_failed"))
         self.add_event_handler("stanza_acked", self.on_acked)
         self.up = asyncio.Event()       # a stream is there to send on
+        self.down_since = time.monotonic()
         self.finished = False
         if args.mode == "send" or args.count == 0:
             self.all_received.set_result(True)
 
     def on_disconnected(self, reason: Any) -> None:
         self.up.clear()
+        self.down_since = time.monotonic()
         emit("disconnected", reason=str(reason))
         if self.args.reconnect and not self.finished:
             asyncio.get_event_loop().call_later(1.0, self.connect, self.args.host, self.args.port)
@@ -83,6 +85,7 @@ class LinkClient(slixmpp.ClientXMPP):
         while not self.finished:
             await asyncio.sleep(self.args.keepalive)
             if not self.up.is_set():
+                self.unstick()
                 continue
             try:
                 await self.plugin["xep_0199"].ping(jid=self.boundjid.domain, timeout=self.args.keepalive)
@@ -90,6 +93,18 @@ class LinkClient(slixmpp.ClientXMPP):
                 if self.up.is_set() and not self.finished:
                     emit("ping_timeout")
                     self.abort()
+
+    def unstick(self) -> None:
+        """A reconnection that made no progress for a while (e.g. a login cut off mid-TLS, which
+        slixmpp may never notice) is dropped and started again, as a phone's reconnect loop does."""
+        if not self.args.reconnect or time.monotonic() - self.down_since < 6 * self.args.keepalive:
+            return
+        emit("stalled")
+        self.down_since = time.monotonic()
+        if self.transport is not None:
+            self.abort()
+        else:
+            self.connect(self.args.host, self.args.port)
 
     async def wait_until_acked(self) -> None:
         """With stream management: every stanza sent has been acknowledged by the server."""
