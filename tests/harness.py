@@ -55,7 +55,8 @@ class ServerProcess:
         return self.data / "server.log"
 
     def write_config(self) -> Path:
-        self.port, self.tls_port = free_port(), free_port()
+        if not self.port:  # a restart keeps its ports, so clients can reconnect
+            self.port, self.tls_port = free_port(), free_port()
         lines = [f'domain = "{self.domain}"', f'data_dir = "{self.data}"',
                  f"listen = {_toml(self.settings.get('listen', [self.host]))}",
                  f"c2s_port = {self.port}", f"c2s_tls_port = {self.tls_port}", 'log_level = "DEBUG"',

@@ -33,7 +33,19 @@ def received_from(events: list[dict[str, Any]], sender: str) -> list[int]:
 
 
 def collect(lines: JsonLines, timeout: float, into: list[dict[str, Any]]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: into.extend(lines.rest(timeout)), daemon=True)
+    """Append the client's events to `into` as they come (the test watches them live), until it
+    exits; past `timeout` it is killed."""
+    def read() -> None:
+        into.extend(lines.seen)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                into.append(lines.next(max(0.01, deadline - time.monotonic())))
+            except (EOFError, TimeoutError):
+                break
+        if lines.proc.poll() is None:
+            lines.proc.kill()
+    thread = threading.Thread(target=read, daemon=True)
     thread.start()
     return thread
 

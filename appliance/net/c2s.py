@@ -463,10 +463,13 @@ class Connection:
             await self.server.confirm(session, uncounted)
 
     def _should_request(self, session: Session) -> bool:
+        """Ask for an ack in this write? After `request_after` stanzas; for an inactive client
+        (XEP-0352) whenever anything is unacknowledged, since this write wakes it anyway."""
         state = session.sm
-        if state is None or not state.counting or state.request_pending:
+        if state is None or not state.counting or state.request_pending or not state.unacked:
             return False
-        if len(state.unacked) >= self.server.config.stream_management.request_after:
+        inactive = session.gate is not None
+        if inactive or len(state.unacked) >= self.server.config.stream_management.request_after:
             state.request_pending = True
         return state.request_pending
 
@@ -476,6 +479,8 @@ class Connection:
         while True:
             await trio.sleep(every)
             state = self.session.sm if self.session else None
+            if self.session is not None and self.session.gate is not None:
+                continue  # inactive: never wake the phone just to ask; the next write asks
             if state is not None and state.counting and state.unacked and not state.request_pending:
                 state.request_pending = True
                 self._push_bytes(REQUEST)
