@@ -43,7 +43,8 @@ def users(server: ServerProcess) -> Iterator[tuple[RawClient, str, RawClient, st
 
 
 def stanzas(data: bytes) -> list[etree._Element]:
-    return list(etree.fromstring(b"<r>" + data + b"</r>"))
+    # Stanzas on the stream inherit jabber:client from the stream header, as here.
+    return list(etree.fromstring(b"<r xmlns='jabber:client'>" + data + b"</r>"))
 
 
 def sync(client: RawClient) -> list[etree._Element]:

@@ -21,7 +21,7 @@ from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import InvalidJID
 from appliance.proto.sm import REQUEST, failed_xml, parse_h
-from appliance.proto.stanza import Element, make, serialize, stream_header
+from appliance.proto.stanza import Element, make, stream_header, to_stream
 
 log = logging.getLogger("appliance.c2s")
 READ_SIZE = 65536
@@ -447,7 +447,7 @@ class Connection:
                 if isinstance(item, sm.SmEnabled):
                     session.sm.counting = True
                 continue
-            chunks.append(serialize(item))
+            chunks.append(to_stream(item))
             if session.sm is not None and session.sm.counting:
                 session.sm.sending(item)  # counted as it is handed over; an ack or a resume settles it
             else:

@@ -18,7 +18,7 @@ from lxml import etree
 
 from appliance.proto import ns, sasl
 from appliance.proto.errors import StanzaError, StreamError
-from appliance.proto.stanza import STREAM_CLOSE, Element, error_reply, iq_result, serialize, stream_header
+from appliance.proto.stanza import STREAM_CLOSE, Element, error_reply, iq_result, stream_header, to_stream
 from appliance.proto.xmlstream import StanzaReceived, StreamEnded, StreamOpened, StreamParser
 
 
@@ -152,7 +152,7 @@ class C2SStream:
         self.send_stanza(error_reply(iq, error))
 
     def send_stanza(self, stanza: Element) -> None:
-        self._out.append(serialize(stanza))
+        self._out.append(to_stream(stanza))
 
     def send_raw(self, data: bytes) -> None:
         self._out.append(data)
