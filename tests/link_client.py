@@ -50,6 +50,7 @@ class LinkClient(slixmpp.ClientXMPP):
         self.online = asyncio.get_event_loop().create_future()
         self.all_received = asyncio.get_event_loop().create_future()
         self.received = 0
+        self.distinct: set[str] = set()
         self.peer = slixmpp.JID(args.peer).bare
         self.add_event_handler("session_start", self.on_session_start)
         self.add_event_handler("failed_all_auth", self.on_auth_failed)
@@ -133,7 +134,8 @@ class LinkClient(slixmpp.ClientXMPP):
         emit("received", **{"from": str(msg["from"]), "n": int(n) if n.isdigit() else None, "body": body})
         if msg["from"].bare == self.peer:
             self.received += 1
-            if self.received >= self.args.count and not self.all_received.done():
+            self.distinct.add(body)  # a redelivery after a crash must not count twice
+            if len(self.distinct) >= self.args.count and not self.all_received.done():
                 self.all_received.set_result(True)
 
     async def exchange(self) -> int:
