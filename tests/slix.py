@@ -40,6 +40,11 @@ class Client(slixmpp.ClientXMPP):
         self.presences: asyncio.Queue[Any] = asyncio.Queue()
         self.subscriptions: asyncio.Queue[Any] = asyncio.Queue()
         self.stream_errors: list[Any] = []
+        self.auth_failures: list[str] = []  # SASL failure conditions, in order
+        # slixmpp replaces its `disconnected` future once it fires, so awaiting it late would hang.
+        self.gone = asyncio.Event()
+        self.add_event_handler("failed_auth", lambda stanza: self.auth_failures.append(stanza["condition"]))
+        self.add_event_handler("disconnected", lambda _: self.gone.set())
         self.add_event_handler("message", self.messages.put_nowait)
         self.add_event_handler("presence_available", self.presences.put_nowait)
         self.add_event_handler("presence_unavailable", self.presences.put_nowait)

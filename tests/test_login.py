@@ -31,12 +31,6 @@ def client(server: ServerProcess, jid: str, password: str = PASSWORD, *, mech: s
     c = Client(server, jid, password, direct_tls=direct_tls)
     if mech:
         c.plugin["feature_mechanisms"].use_mech = mech
-    failures: list[str] = []
-    c.auth_failures = failures
-    c.add_event_handler("failed_auth", lambda stanza: failures.append(stanza["condition"]))
-    # slixmpp replaces its `disconnected` future once it fires, so awaiting it late would hang.
-    c.gone = asyncio.Event()
-    c.add_event_handler("disconnected", lambda _: c.gone.set())
     return c
 
 

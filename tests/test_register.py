@@ -20,12 +20,6 @@ PLUGINS = ("xep_0030", "xep_0199", "xep_0077")
 def client(server: ServerProcess, jid: str, password: str = PASSWORD) -> Client:
     """Make clients inside the running event loop (slixmpp binds to the loop it is created in)."""
     c = Client(server, jid, password, plugins=PLUGINS)
-    failures: list[str] = []
-    c.auth_failures = failures
-    c.add_event_handler("failed_auth", lambda stanza: failures.append(stanza["condition"]))
-    # slixmpp replaces its `disconnected` future once it fires, so awaiting it late would hang.
-    c.gone = asyncio.Event()
-    c.add_event_handler("disconnected", lambda _: c.gone.set())
     return c
 
 
