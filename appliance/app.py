@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ async def run(config: Config, *, handle_signals: bool = True,
             tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, stop)
+                nursery.start_soon(_stats_on_signal, server)
             log.info("serving %s (database %s)", config.domain, config.database_path)
             task_status.started(Running(server, ports, tls_ports, stop))
             await stop.wait()
@@ -61,6 +63,18 @@ async def run(config: Config, *, handle_signals: bool = True,
     finally:
         db.close()
         log.info("stopped; database closed cleanly")
+
+
+def stats(server: Server) -> dict[str, int]:
+    """Counters that the operating system cannot see, for benchmarks and operators."""
+    return {"db_commits": server.db.commits, "db_writes": server.db.writes, "sessions": len(server.sessions)}
+
+
+async def _stats_on_signal(server: Server) -> None:
+    """SIGUSR1 logs one line `stats {json}`: `kill -USR1 PID` from a benchmark or a shell."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            log.info("stats %s", json.dumps(stats(server), sort_keys=True))
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

@@ -1,16 +1,24 @@
 """The database handle: one serialised writer connection, one reader connection, WAL.
 
-Writes go through `write` (from trio) or `write_sync` (CLI, start-up): each call is one
-`BEGIN IMMEDIATE ... COMMIT` transaction around a plain function `fn(conn, *args)`, so a caller that
-awaits `write` knows its change is durable when the await returns. Reads are short indexed queries
-run directly on the event loop through a separate connection, which WAL lets read while the writer
-writes.
+Writes go through `write` (from trio) or `write_sync` (CLI, start-up), each a plain function
+`fn(conn, *args)`. A caller that awaits `write` knows its change is durable when the await returns.
+
+Group commit: on an SD card an fsync costs milliseconds, so `write` does not commit each call on
+its own. Calls that arrive while a commit is running queue up, and the next commit takes all of
+them: one `BEGIN IMMEDIATE ... COMMIT` with each call inside its own SAVEPOINT, so a call that
+raises rolls back only its own changes and gets its exception, while the others commit. Every
+caller still returns only after the COMMIT that holds its change. Under load this makes the commits
+per message well below one; alone, a call commits at once, as before.
+
+Reads are short indexed queries run directly on the event loop through a separate connection,
+which WAL lets read while the writer writes.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -48,16 +56,40 @@ def _transaction(conn: sqlite3.Connection, begin: str, fn: Callable[..., T], arg
     return result
 
 
+@dataclass(eq=False)
+class _Job:
+    """One `write` call waiting for a commit."""
+    fn: Callable[..., Any]
+    args: tuple
+    result: Any = None
+    error: BaseException | None = None
+    finished: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)  # finished, or its turn to lead a commit
+
+
+def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
+    conn.execute("SAVEPOINT job")
+    try:
+        job.result = job.fn(conn, *job.args)
+    except Exception as error:
+        conn.execute("ROLLBACK TO job")
+        job.error = error
+    conn.execute("RELEASE job")
+
+
 class Database:
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         self.path = path
-        self.writes = 0  # committed write transactions, for stats and the group-commit benchmark
+        self.writes = 0   # write calls whose change committed
+        self.commits = 0  # write transactions committed: below `writes` when group commit folds calls
         self._writer = writer
         self._reader = reader
         # The limiter keeps trio tasks queued in trio rather than in blocked worker threads; the
         # lock also covers write_sync, which may run beside trio (start-up, tests).
         self._limiter = trio.CapacityLimiter(1)
         self._lock = threading.Lock()
+        self._queue: list[_Job] = []       # calls waiting for the next commit
+        self._leading: _Job | None = None  # the call whose task runs the current commit
         self._closed = False
 
     @classmethod
@@ -78,16 +110,57 @@ class Database:
         return cls(path, writer, reader)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(conn, *args) in one write transaction on a worker thread; returns after COMMIT."""
-        # Not abandoned on cancel: the caller must learn whether the transaction committed.
-        return await trio.to_thread.run_sync(self.write_sync, fn, *args, limiter=self._limiter)
+        """Run fn(conn, *args) on a worker thread inside a write transaction, possibly shared with
+        other calls (group commit); returns fn's result, or raises its exception, after COMMIT."""
+        job = _Job(fn, args)
+        self._queue.append(job)
+        # Shielded: the caller must learn whether its change committed, and a waiting call may be
+        # handed the lead of the next commit, which other callers depend on.
+        with trio.CancelScope(shield=True):
+            if self._leading is None:
+                self._leading = job
+            else:
+                await job.wake.wait()
+            if not job.finished:
+                await self._commit_queued()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def _commit_queued(self) -> None:
+        """Commit every queued call in one transaction, then hand the lead to the next caller."""
+        batch, self._queue = self._queue, []
+        try:
+            await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
+        finally:
+            for job in batch:
+                job.finished = True
+                job.wake.set()
+            self._leading = self._queue[0] if self._queue else None
+            if self._leading is not None:
+                self._leading.wake.set()
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        with self._lock:
+            try:
+                self._check_open()
+                _transaction(self._writer, "BEGIN IMMEDIATE", lambda conn: [_run_job(conn, j) for j in batch], ())
+            except BaseException as error:  # nothing of the batch committed: every call learns why
+                for job in batch:
+                    job.error = error
+                if not isinstance(error, Exception):
+                    raise
+                return
+            self.commits += 1
+            self.writes += sum(job.error is None for job in batch)
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like `write`, blocking; for the CLI and start-up, where no trio loop runs."""
+        """One call in its own transaction, blocking; for the CLI and start-up, where no trio loop runs."""
         with self._lock:
             self._check_open()
             result = _transaction(self._writer, "BEGIN IMMEDIATE", fn, args)
             self.writes += 1
+            self.commits += 1
             return result
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:

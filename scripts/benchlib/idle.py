@@ -33,9 +33,9 @@ from typing import Callable
 import trio
 
 from bench import servers
-from bench.servers import DOMAIN, Server, SetupError
-from bench.wire import RX, TX, bursts, radio_on, tcp_counters
-from bench.xmpp import NS_CLIENT, NS_SM, Client, Element, Endpoint, XmppError, attr, iq_answer, kind, namespace
+from benchlib.servers import DOMAIN, Server, SetupError
+from benchlib.wire import RX, TX, bursts, radio_on, tcp_counters
+from benchlib.xmpp import NS_CLIENT, NS_SM, Client, Element, Endpoint, XmppError, attr, iq_answer, kind, namespace
 
 PASSWORD = "idle bench password"
 IDLE = "idle"

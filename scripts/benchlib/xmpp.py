@@ -18,7 +18,7 @@ import trio
 from lxml import etree
 from scramp import ScramClient
 
-from bench.wire import CountingStream, Wire
+from benchlib.wire import CountingStream, Wire
 
 NS_STREAM = "http://etherx.jabber.org/streams"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
