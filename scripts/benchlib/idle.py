@@ -32,7 +32,7 @@ from typing import Callable
 
 import trio
 
-from bench import servers
+from benchlib import servers
 from benchlib.servers import DOMAIN, Server, SetupError
 from benchlib.wire import RX, TX, bursts, radio_on, tcp_counters
 from benchlib.xmpp import NS_CLIENT, NS_SM, Client, Element, Endpoint, XmppError, attr, iq_answer, kind, namespace
