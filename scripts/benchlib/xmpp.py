@@ -1,12 +1,17 @@
 """A small Trio XMPP client for benchmarks: STARTTLS, SCRAM, bind, and a stream of top-level elements.
 
 Independent of the appliance's code on purpose, so that it talks to Prosody and to the appliance
-the same way. Every byte goes through a `wire.CountingStream`.
+the same way. Every byte goes through a `wire.CountingStream` unless the client is made with
+`wire=None` (load generators with thousands of connections do not need the record).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
+import hmac
+import os
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,7 +21,6 @@ from xml.sax.saxutils import quoteattr
 
 import trio
 from lxml import etree
-from scramp import ScramClient
 
 from benchlib.wire import CountingStream, Wire
 
@@ -58,6 +62,7 @@ class StreamParser:
                                           no_network=True, huge_tree=False)
         self.depth = 0
         self.root: Element | None = None
+        self.ended = False  # the peer's </stream:stream> has been read
 
     def feed(self, data: bytes) -> list[Element]:
         self.parser.feed(data)
@@ -71,6 +76,8 @@ class StreamParser:
             self.depth -= 1
             if self.depth == 1:
                 done.append(element)
+            elif self.depth == 0:
+                self.ended = True
         if self.root is not None:
             for child in list(self.root):  # keep memory flat on long runs
                 if child in done:
@@ -129,9 +136,12 @@ class Splitter:
 @dataclass
 class Client:
     endpoint: Endpoint
-    wire: Wire = field(default_factory=Wire)
+    wire: Wire | None = field(default_factory=Wire)   # None: no record of the transfers
     plain_received: int = 0       # bytes after TLS decryption
     plain_sent: int = 0
+    mechanisms: tuple[str, ...] = MECHANISMS          # the first of these the server offers is used
+    starttls: bool = True         # False: stay in plaintext (a server that allows it, for benchmarks)
+    source: str | None = None     # local address to connect from (127.0.0.2...: more ephemeral ports)
 
     def __post_init__(self) -> None:
         self.parser = StreamParser()
@@ -144,6 +154,7 @@ class Client:
         self.send_lock = trio.Lock()
         self.features: Element | None = None
         self.jid = ""
+        self.close_sent = False
 
     # ---- transport ---------------------------------------------------------------------------
 
@@ -164,6 +175,8 @@ class Client:
         """The next top-level element and its exact size in bytes on the stream."""
         assert self.stream is not None
         while not self.pending:
+            if self.parser.ended:
+                raise XmppError("stream closed by the server")
             try:
                 data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
@@ -183,15 +196,30 @@ class Client:
             raise XmppError(f"expected {'/'.join(names)}, got {etree.tostring(element)[:300]!r}")
         return element
 
-    async def aclose(self) -> None:
-        if self.stream is not None:
-            with trio.move_on_after(2) as scope:
-                scope.shield = True
-                try:
-                    await self.send("</stream:stream>")
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, ssl.SSLError):
-                    pass
-                await self.stream.aclose()
+    async def send_close(self) -> None:
+        """</stream:stream>, once."""
+        if not self.close_sent:
+            self.close_sent = True
+            await self.send("</stream:stream>")
+
+    async def aclose(self, wait_for_server: float = 0.0) -> None:
+        """Send </stream:stream> and close the connection; with `wait_for_server`, first read (for up
+        to that many seconds) until the server has closed its stream too (RFC 6120 §4.4: the side
+        that started the close then closes the TCP connection)."""
+        if self.stream is None:
+            return
+        with trio.move_on_after(2 + wait_for_server) as scope:
+            scope.shield = True
+            try:
+                await self.send_close()
+                with trio.move_on_after(wait_for_server):
+                    while wait_for_server:
+                        await self.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, ssl.SSLError,
+                    XmppError):
+                pass
+            await self.stream.aclose()
+        self.stream = None
 
     # ---- negotiation -------------------------------------------------------------------------
 
@@ -206,10 +234,13 @@ class Client:
         return self.features
 
     async def connect(self) -> None:
-        """TCP, STARTTLS, TLS handshake (certificate checked against the endpoint's CA file)."""
-        self.tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
-        self.stream = CountingStream(self.tcp, self.wire)
+        """TCP, STARTTLS, TLS handshake (certificate checked against the endpoint's CA file);
+        only the stream header when `starttls` is False."""
+        self.tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port, local_address=self.source)
+        self.stream = CountingStream(self.tcp, self.wire) if self.wire is not None else self.tcp
         features = await self.open_stream()
+        if not self.starttls:
+            return
         if features.find(f"{{{NS_TLS}}}starttls") is None:
             raise XmppError("the server offers no STARTTLS")
         await self.send(f"<starttls xmlns='{NS_TLS}'/>")
@@ -235,21 +266,21 @@ class Client:
     async def authenticate(self, username: str, password: str) -> None:
         assert self.features is not None
         offered = [m.text for m in self.features.iter(f"{{{NS_SASL}}}mechanism")]
-        mechanism = next((m for m in MECHANISMS if m in offered), None)
+        mechanism = next((m for m in self.mechanisms if m in offered), None)
         if mechanism is None:
-            raise XmppError(f"no SCRAM mechanism offered ({offered})")
-        scram = ScramClient([mechanism], username, password)
-        first = _b64(scram.get_client_first())
+            raise XmppError(f"none of {'/'.join(self.mechanisms)} offered ({offered})")
+        scram = Scram(mechanism, username, password)
+        first = _b64(scram.client_first())
         await self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{first}</auth>")
         challenge = await self.expect("challenge", "failure")
         if etree.QName(challenge).localname == "failure":
             raise XmppError(f"{username}: authentication refused")
-        scram.set_server_first(base64.b64decode(challenge.text or "").decode())
-        await self.send(f"<response xmlns='{NS_SASL}'>{_b64(scram.get_client_final())}</response>")
+        final = scram.client_final(base64.b64decode(challenge.text or "").decode())
+        await self.send(f"<response xmlns='{NS_SASL}'>{_b64(final)}</response>")
         outcome = await self.expect("success", "failure")
         if etree.QName(outcome).localname == "failure":
             raise XmppError(f"{username}: authentication failed")
-        scram.set_server_final(base64.b64decode(outcome.text or "").decode())
+        scram.check_server_final(base64.b64decode(outcome.text or "").decode())
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -257,8 +288,55 @@ class Client:
         return self.tcp.socket if self.tcp is not None else None
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+class Scram:
+    """The client side of SCRAM without channel binding (RFC 5802), for ASCII passwords.
+
+    The salted password is cached: a benchmark logs thousands of accounts in with one password and
+    salt, and PBKDF2 in the load generator would otherwise cost more than the server's work.
+    """
+
+    HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
+
+    def __init__(self, mechanism: str, username: str, password: str) -> None:
+        self.hash = self.HASHES[mechanism]
+        self.password = password
+        self.nonce = base64.b64encode(os.urandom(18)).decode()
+        name = username.replace("=", "=3D").replace(",", "=2C")
+        self.first_bare = f"n={name},r={self.nonce}"
+        self.server_signature = b""
+
+    def client_first(self) -> str:
+        return "n,," + self.first_bare
+
+    def client_final(self, server_first: str) -> str:
+        fields = dict(item.split("=", 1) for item in server_first.split(","))
+        if not fields.get("r", "").startswith(self.nonce) or "s" not in fields or "i" not in fields:
+            raise XmppError(f"bad SCRAM challenge {server_first!r}")
+        salted = salted_password(self.hash, self.password, base64.b64decode(fields["s"]), int(fields["i"]))
+        client_key = self._hmac(salted, b"Client Key")
+        without_proof = f"c=biws,r={fields['r']}"
+        auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
+        signature = self._hmac(hashlib.new(self.hash, client_key).digest(), auth_message)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        self.server_signature = self._hmac(self._hmac(salted, b"Server Key"), auth_message)
+        return f"{without_proof},p={_b64(proof)}"
+
+    def check_server_final(self, server_final: str) -> None:
+        if server_final != "v=" + _b64(self.server_signature):
+            raise XmppError("the server's SCRAM signature is wrong")
+
+    def _hmac(self, key: bytes, message: bytes) -> bytes:
+        return hmac.new(key, message, self.hash).digest()
+
+
+@functools.lru_cache(maxsize=64)
+def salted_password(hash_name: str, password: str, salt: bytes, iterations: int) -> bytes:
+    """PBKDF2 (RFC 5802's Hi); also what a server stores keys from (benchlib.accounts)."""
+    return hashlib.pbkdf2_hmac(hash_name, password.encode(), salt, iterations)
 
 
 def local(element: Element) -> str:
