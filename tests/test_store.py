@@ -328,3 +328,77 @@ async def test_cancelled_write_still_completes(db):
     with trio.move_on_after(0.001):
         await db.write(lambda conn: (time.sleep(0.05), users.create_user(conn, "bob", "pw", ITERATIONS)))
     assert db.read(users.user_exists, "bob")  # the caller waited; the outcome is known
+
+
+# --- group commit ---------------------------------------------------------------------------------
+
+def _add_item(conn, user, contact):
+    return roster.set_item(conn, user, RosterItem(contact))
+
+
+async def test_writes_queued_during_a_commit_share_the_next_one(db, alice):
+    commits = db.commits
+    results = {}
+
+    async def add(n):
+        results[n] = await db.write(_add_item, "alice", f"c{n}@x")
+
+    async with trio.open_nursery() as nursery:
+        for n in range(40):
+            nursery.start_soon(add, n)
+    assert db.read(roster.count_items, "alice") == 40
+    assert sorted(results.values()) == list(range(1, 41))  # each caller got its own result
+    assert db.commits - commits < 40 // 2  # the first commits alone, the rest queue behind it
+
+
+async def test_a_failing_write_in_a_shared_commit_fails_alone(db, alice):
+    def add_then_fail(conn):
+        _add_item(conn, "alice", "ghost@x")
+        raise RuntimeError("boom")
+
+    outcomes = {}
+    commits = db.commits
+
+    async def run(name, fn, *args):
+        try:
+            outcomes[name] = await db.write(fn, *args)
+        except RuntimeError as error:
+            outcomes[name] = error
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "first", _add_item, "alice", "a@x")   # leads; the others queue
+        await trio.sleep(0)
+        nursery.start_soon(run, "bad", add_then_fail)
+        nursery.start_soon(run, "good", _add_item, "alice", "b@x")
+    assert isinstance(outcomes["bad"], RuntimeError)
+    assert db.commits == commits + 2  # "bad" and "good" shared the second commit
+    names = {item.contact for item in db.read(roster.get_roster, "alice")[1]}
+    assert names == {"a@x", "b@x"}  # ghost@x was rolled back to its savepoint, b@x committed
+
+
+async def test_write_soon_rides_along_with_the_next_write(db, alice):
+    commits = db.commits
+    pending = db.write_soon(_add_item, "alice", "later@x")
+    assert not pending.finished and db.read(roster.count_items, "alice") == 0
+    await db.write(_add_item, "alice", "now@x")
+    assert pending.finished and db.commits == commits + 1  # both in one transaction
+    assert db.read(roster.count_items, "alice") == 2
+    assert await db.settle(pending) == 1
+
+
+async def test_write_soon_commits_on_its_own_when_nothing_follows(db, alice):
+    pending = db.write_soon(_add_item, "alice", "later@x")
+    with trio.fail_after(5):
+        while not pending.finished:
+            await trio.sleep(0.05)
+    assert db.read(roster.count_items, "alice") == 1
+
+
+async def test_close_commits_what_write_soon_left(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    db = Database.open(path)
+    db.write_sync(users.create_user, "alice", "pw", ITERATIONS)
+    db.write_soon(_add_item, "alice", "later@x")
+    db.close()
+    with Database.open(path) as again:
+        assert again.read(roster.count_items, "alice") == 1

@@ -6,9 +6,9 @@ after the first stanza of a given shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from lxml import etree
 
@@ -42,6 +42,9 @@ class Routed:
     target: Target
     origin: Session | None
     receipt: int | None = None   # the durable copy of this message (offline row), once one is written
+    # Database writes a handler queued (db.write_soon) to ride along with the next commit; the
+    # router settles them before the stanza counts as handled (and is acknowledged to its sender).
+    writes: list[Any] = field(default_factory=list)
 
     @property
     def payload(self) -> Element | None:

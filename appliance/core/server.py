@@ -203,15 +203,29 @@ class Server:
         target = classify(to, sender, self.domain)
         routed = Routed(el, kind, el.get("type"), sender, to, target, origin, receipt)
         try:
-            for handler in self.table.chain(kind, target, namespaces_of(el, kind)):
+            await self._dispatch(routed)
+        finally:
+            await self._settle(routed)
+
+    async def _dispatch(self, routed: Routed) -> None:
+        try:
+            for handler in self.table.chain(routed.kind, routed.target, namespaces_of(routed.el, routed.kind)):
                 if await handler(routed):
                     return
         except StanzaError as error:
-            return await self._bounce(el, origin, error)
+            return await self._bounce(routed.el, routed.origin, error)
         except Exception:  # a bug in one handler costs one stanza, never the session or the server
-            log.exception("internal error routing a %s from %s", kind, sender)
-            return await self._bounce(el, origin, StanzaError("internal-server-error"))
+            log.exception("internal error routing a %s from %s", routed.kind, routed.from_)
+            return await self._bounce(routed.el, routed.origin, StanzaError("internal-server-error"))
         await self._unhandled(routed)
+
+    async def _settle(self, routed: Routed) -> None:
+        """Handled means durable: wait for the writes handlers queued to ride along (the archive)."""
+        for job in routed.writes:
+            try:
+                await self.db.settle(job)
+            except Exception:
+                log.exception("a database write for a %s from %s failed", routed.kind, routed.from_)
 
     async def _unhandled(self, routed: Routed) -> None:
         if routed.kind == "presence" or routed.type in ("error", "result"):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from appliance.proto.jid import JID, InvalidJID
 from appliance.proto.stanza import Element, iq_result, serialize
 from appliance.store import archive as store
 from appliance.store import offline, roster
-from appliance.store.users import NoSuchUser
+from appliance.store.users import user_exists
 
 log = logging.getLogger("appliance.mam")
 
@@ -94,7 +95,8 @@ class Archiver:
         if not archivable(routed.el):
             return False
         entries = self._entries(routed, owner_out, owner_in)
-        if entries and await self._write(entries):
+        if entries:
+            self._write(routed, entries)
             incoming = next((e for e in entries if e.username == owner_in), None)
             if incoming is not None:
                 stamp_stanza_id(routed.el, str(routed.to_bare), incoming.id)
@@ -126,18 +128,23 @@ class Archiver:
             return self.server.db.read(roster.get_item, user, str(other.bare)) is not None
         return rule == "always"
 
-    async def _write(self, entries: list[store.Entry]) -> bool:
+    def _write(self, routed: Routed, entries: list[store.Entry]) -> None:
+        """Queue the archive rows to commit with the message's durable copy (one transaction, not
+        two); the router settles them before the sender's stream counts the message as handled."""
         now_us = time.time_ns() // 1000
-        purge_before = self.purge_due(now_us)
-        try:
-            purged = await self.server.db.write(store.add_messages, entries, now_us, purge_before, PURGE_BATCH)
-        except NoSuchUser:
-            return False  # a message to nobody: delivery answers it with an error
+        routed.writes.append(self.server.db.write_soon(self._archive, entries, now_us, self.purge_due(now_us)))
+
+    def _archive(self, conn: sqlite3.Connection, entries: list[store.Entry], now_us: int,
+                 purge_before: int | None) -> None:
+        """On the writer thread. A message to an unknown account archives nothing (delivery
+        answers it with an error)."""
+        if not all(user_exists(conn, owner) for owner in {e.username for e in entries}):
+            return  # checked first: add_messages would raise half-way through, rows already written
+        purged = store.add_messages(conn, entries, now_us, purge_before, PURGE_BATCH)
         if purged >= PURGE_BATCH:
             self._next_purge = 0.0  # more expired rows wait: purge again with the next message
         if purged:
             log.info("deleted %d archived messages older than %s days", purged, self.config.retention_days)
-        return True
 
     # ---- retention -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import trio
@@ -30,6 +31,7 @@ from appliance.proto.errors import StanzaError
 from appliance.proto.jid import JID
 from appliance.proto.stanza import Element, serialize
 from appliance.store import offline
+from appliance.store.db import PendingWrite
 from appliance.store.users import NoSuchUser
 
 log = logging.getLogger("appliance.offline")
@@ -41,6 +43,19 @@ _NOT_CONTENT = {CHATSTATES, HINTS}
 
 def setup(server: Server) -> None:
     locks: dict[str, trio.Lock] = {}  # per user: two resources logging in at once get each message once
+    # Rows a client confirmed whose DELETE rides along with the next commit (db.write_soon): one
+    # transaction per message instead of two. Until it commits, they must not be delivered again.
+    deleting: dict[int, PendingWrite] = {}
+
+    def skip(id_: int) -> bool:
+        """Held by a live session, or confirmed and about to be deleted."""
+        if id_ in server.in_flight:
+            return True
+        job = deleting.get(id_)
+        if job is not None and job.finished:
+            del deleting[id_]  # deleted (a failed delete is logged; the row goes out again)
+            return False
+        return job is not None
 
     async def store(routed: Routed) -> bool:
         if routed.receipt is not None:
@@ -53,13 +68,14 @@ def setup(server: Server) -> None:
         lock = locks.setdefault(session.username, trio.Lock())
         try:
             async with lock:
-                await deliver_stored(server, session)
+                await deliver_stored(server, session, skip)
         finally:
             if not lock.statistics().tasks_waiting:
                 locks.pop(session.username, None)
 
     async def confirmed(username: str, receipts: list[int]) -> None:
-        await server.db.write(offline.delete_messages, username, receipts)
+        job = server.db.write_soon(offline.delete_messages, username, receipts)
+        deleting.update(dict.fromkeys(receipts, job))
 
     async def released(username: str) -> None:
         """A session ended holding stored messages: the account's other resources get them now."""
@@ -131,13 +147,13 @@ def stamped(el: Element, domain: str, when: float) -> Element:
     return message
 
 
-async def deliver_stored(server: Server, session: Session) -> None:
-    """In order, waiting for room in the outbox. Rows another live session holds are skipped; a
-    row is deleted when this client confirms it (see `confirmed`)."""
+async def deliver_stored(server: Server, session: Session, skip: Callable[[int], bool]) -> None:
+    """In order, waiting for room in the outbox. Rows another live session holds or a client has
+    confirmed are skipped; a row is deleted when this client confirms it (see `confirmed`)."""
     rows = server.db.read(offline.fetch_messages, session.username)
     sent = 0
     for id_, stanza, _stamp in rows:
-        if id_ in server.in_flight:
+        if skip(id_):
             continue
         if not await server.deliver_patiently(session, parse_stored(stanza), receipt=id_):
             break  # the session is gone; the rest waits for the next login

@@ -16,6 +16,7 @@ which WAL lets read while the writer writes.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ import trio
 from appliance.store import schema
 
 T = TypeVar("T")
+log = logging.getLogger("appliance.store")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+LAZY_SECONDS = 0.5   # a write_soon change waits at most this long for a commit to ride along with
 BUSY_TIMEOUT_MS = 5000  # another process (the CLI, the server) may hold the write lock briefly
 
 
@@ -64,7 +67,11 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     finished: bool = False
+    waiting: bool = False   # a task waits for it (write, settle): it may be handed the next commit
     wake: trio.Event = field(default_factory=trio.Event)  # finished, or its turn to lead a commit
+
+
+PendingWrite = _Job
 
 
 def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
@@ -90,6 +97,7 @@ class Database:
         self._lock = threading.Lock()
         self._queue: list[_Job] = []       # calls waiting for the next commit
         self._leading: _Job | None = None  # the call whose task runs the current commit
+        self._flush_scheduled = False      # a task will commit write_soon changes nobody waits for
         self._closed = False
 
     @classmethod
@@ -114,21 +122,38 @@ class Database:
         other calls (group commit); returns fn's result, or raises its exception, after COMMIT."""
         job = _Job(fn, args)
         self._queue.append(job)
+        return await self.settle(job)
+
+    def write_soon(self, fn: Callable[..., Any], *args: Any) -> PendingWrite:
+        """Queue fn for the next commit without waiting for it: it rides along with the next
+        `write` (no transaction of its own), and is committed within LAZY_SECONDS if none comes.
+        `settle` waits for it when durability matters; close() commits what is still queued."""
+        job = _Job(fn, args)
+        self._queue.append(job)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            trio.lowlevel.spawn_system_task(self._flush_later, name="database lazy commit")
+        return job
+
+    async def settle(self, job: PendingWrite) -> Any:
+        """Wait until `job` is committed (leading the commit if nobody is); its result or error."""
         # Shielded: the caller must learn whether its change committed, and a waiting call may be
         # handed the lead of the next commit, which other callers depend on.
         with trio.CancelScope(shield=True):
-            if self._leading is None:
-                self._leading = job
-            else:
-                await job.wake.wait()
             if not job.finished:
-                await self._commit_queued()
+                if self._leading is None:
+                    self._leading = job
+                else:
+                    job.waiting = True
+                    await job.wake.wait()
+                if not job.finished:
+                    await self._commit_queued()
         if job.error is not None:
             raise job.error
         return job.result
 
     async def _commit_queued(self) -> None:
-        """Commit every queued call in one transaction, then hand the lead to the next caller."""
+        """Commit every queued call in one transaction, then hand the lead to the next waiter."""
         batch, self._queue = self._queue, []
         try:
             await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
@@ -136,9 +161,20 @@ class Database:
             for job in batch:
                 job.finished = True
                 job.wake.set()
-            self._leading = self._queue[0] if self._queue else None
+            self._leading = next((job for job in self._queue if job.waiting), None)
             if self._leading is not None:
                 self._leading.wake.set()
+
+    async def _flush_later(self) -> None:
+        try:
+            await trio.sleep(LAZY_SECONDS)
+            self._flush_scheduled = False
+            if self._queue:
+                await self.settle(self._queue[-1])  # the last one: the commit takes all before it
+        except Exception:  # the caller of write_soon chose not to hear about errors; log them
+            log.exception("a deferred database write failed")
+        finally:
+            self._flush_scheduled = False
 
     def _commit_batch(self, batch: list[_Job]) -> None:
         with self._lock:
@@ -173,7 +209,15 @@ class Database:
         return _transaction(self._reader, "BEGIN DEFERRED", fn, args)
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file and close both connections. Idempotent."""
+        """Commit what write_soon left queued, checkpoint the WAL into the main file and close both
+        connections. Idempotent."""
+        leftover, self._queue = self._queue, []
+        if leftover and not self._closed:
+            self._commit_batch(leftover)
+            for job in leftover:
+                job.finished = True
+                if job.error is not None:
+                    log.error("a deferred database write failed at close: %r", job.error)
         with self._lock:
             if self._closed:
                 return
