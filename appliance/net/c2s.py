@@ -1,12 +1,15 @@
 """Client-to-server listeners: STARTTLS on one port, direct TLS (XEP-0368) on another.
 
 One Connection per TCP connection: it feeds bytes to the sans-I/O C2SStream until a resource is
-bound, then runs a reader, a writer (draining the session's bounded outbox) and a keepalive task.
+bound, then runs a reader and a writer (draining the session's bounded outbox). The reader also
+keeps the connection's timers (idle timeout, XEP-0199 pings, XEP-0198 ack requests): its read
+waits until the earliest of them is due, so an idle connection costs one sleeping read.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections import Counter
 from typing import Any
@@ -106,17 +109,70 @@ async def _refuse(stream: trio.SocketStream, domain: str, direct_tls: bool) -> N
     await trio.aclose_forcefully(stream)
 
 
+class _Due(Exception):
+    """The read loop's deadline passed before any byte arrived."""
+
+
+class _Transport(trio.abc.Stream):
+    """The TCP stream, with the read loop's deadline applied to its reads.
+
+    The deadline acts here, under TLS, rather than by cancelling SSLStream.receive_some: a TLS read
+    cancelled while it sends (a KeyUpdate reply, an alert) loses those bytes, whereas a socket read
+    that times out has consumed nothing, and the TLS layer above sees only an exception (_Due)
+    between two records and stays usable. It applies to the reader task only: a TLS write that
+    has to read (a TLS 1.2 renegotiation) waits as long as it takes.
+    """
+
+    __slots__ = ("inner", "deadline", "reader", "_scope")
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.deadline = math.inf
+        self.reader: trio.lowlevel.Task | None = None
+        self._scope: trio.CancelScope | None = None
+
+    def wake_by(self, deadline: float) -> None:
+        """Bring the deadline forward, also for a read already waiting (called from other tasks)."""
+        if deadline < self.deadline:
+            self.deadline = deadline
+            if self._scope is not None:
+                self._scope.deadline = deadline
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if trio.lowlevel.current_task() is not self.reader:
+            return await self.inner.receive_some(max_bytes)
+        try:
+            with trio.CancelScope(deadline=self.deadline) as self._scope:
+                return await self.inner.receive_some(max_bytes)
+        finally:
+            self._scope = None
+        raise _Due
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class Connection:
     def __init__(self, service: C2SService, stream: trio.SocketStream, address: str, direct_tls: bool) -> None:
         self.service = service
         self.server = service.server
-        self.stream: trio.abc.Stream = stream
+        self.transport = _Transport(stream)
+        self.stream: trio.abc.Stream = self.transport
         self.address = address
         self.direct_tls = direct_tls
         self.session: Session | None = None
         self.scope = trio.CancelScope()
         self.close_error: StreamError | None = None
-        self.last_heard = trio.current_time()
+        self.last_heard = trio.current_time()  # the last byte from the client
+        self._ping_asked: float | None = None  # XEP-0199: when the unanswered ping went out
+        self._ack_from = 0.0                    # ack-request checks fall every request_seconds from here
+        self._ack_at = math.inf                 # the next ack-request check, when one is wanted
         self.preauth_state: dict[str, Any] = {"address": address}
         self._in_flight: list[Element] = []
         self.clean_close = False          # the client ended the stream itself
@@ -172,11 +228,7 @@ class Connection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_loop, writer_done)
             with self.reader_scope:
-                async with trio.open_nursery() as reader:
-                    reader.start_soon(self._keepalive)
-                    reader.start_soon(self._request_acks)
-                    await self._read_loop()
-                    reader.cancel_scope.cancel()
+                await self._read_loop()
             self._end_stream()
             self.outbox.close()
             with trio.move_on_after(GOODBYE_SECONDS):
@@ -281,6 +333,7 @@ class Connection:
             data = await self.stream.receive_some(READ_SIZE)
             if not data:
                 return False
+            self.last_heard = trio.current_time()
             events = self.proto.receive_data(data)
             await self._flush()
             for event in events:
@@ -377,35 +430,128 @@ class Connection:
             return False
 
     async def _read_loop(self) -> None:
-        idle = self.server.config.limits.idle_timeout
-        while True:
-            with trio.move_on_after(idle) as timer:
-                data = await self.stream.receive_some(READ_SIZE)
-            if timer.cancelled_caught:
-                self.close_error = StreamError("connection-timeout", "idle for too long")
-                return
-            if not data:
-                return
-            self.last_heard = trio.current_time()
-            events = self.proto.receive_data(data)
-            pending = self.proto.data_to_send()
-            if pending:
-                await self.outbox.send(pending)
-            for event in events:
-                if isinstance(event, c2s.StanzaIn):
-                    await self.server.route(event.stanza, self.session)
-                    if self.session.sm is not None:
-                        self.session.sm.received()  # handled, and durable where it must be: ackable
-                elif isinstance(event, c2s.NonzaIn):
-                    try:
-                        await self._nonza(event.element)
-                    except StreamError as error:
-                        self.close_error = error
+        self._ack_from = trio.current_time()
+        self.transport.reader = trio.lowlevel.current_task()
+        try:
+            while True:
+                self.transport.deadline = self._next_deadline(trio.current_time())
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except _Due:
+                    if self._deadline_passed(trio.current_time()):
                         return
-                elif isinstance(event, c2s.Closed):
-                    self.close_error = self.close_error or event.error
-                    self.clean_close = event.error is None
+                    continue
+                if not data:
                     return
+                self.last_heard = trio.current_time()
+                if await self._received(data):
+                    return
+        finally:
+            self.transport.deadline, self.transport.reader = math.inf, None
+
+    async def _received(self, data: bytes) -> bool:
+        """Handle what the client sent; True when the stream is over."""
+        events = self.proto.receive_data(data)
+        pending = self.proto.data_to_send()
+        if pending:
+            await self.outbox.send(pending)
+        for event in events:
+            if isinstance(event, c2s.StanzaIn):
+                await self.server.route(event.stanza, self.session)
+                if self.session.sm is not None:
+                    self.session.sm.received()  # handled, and durable where it must be: ackable
+            elif isinstance(event, c2s.NonzaIn):
+                try:
+                    await self._nonza(event.element)
+                except StreamError as error:
+                    self.close_error = error
+                    return True
+            elif isinstance(event, c2s.Closed):
+                self.close_error = self.close_error or event.error
+                self.clean_close = event.error is None
+                return True
+        return False
+
+    # ---- bound: the reader's timers ------------------------------------------------------------------
+    #
+    # One deadline for the read: the earliest of the idle timeout, the next XEP-0199 ping (or the end
+    # of the wait for its answer) and the next XEP-0198 ack-request check. When it passes, what is
+    # due is done and the read starts again.
+
+    def _next_deadline(self, now: float) -> float:
+        if self._ack_wanted():
+            if self._ack_at == math.inf:
+                self._ack_at = self._next_ack_check(now)
+        else:
+            self._ack_at = math.inf
+        return min(self.last_heard + self.server.config.limits.idle_timeout,
+                   self._keepalive_deadline(), self._ack_at)
+
+    def _deadline_passed(self, now: float) -> bool:
+        """Do what is due; True when the connection must end."""
+        if now >= self.last_heard + self.server.config.limits.idle_timeout:
+            self.close_error = StreamError("connection-timeout", "idle for too long")
+            return True
+        if self._keepalive_due(now):
+            return True
+        if now >= self._ack_at:
+            self._ack_at = math.inf
+            self._request_ack(now)
+        return False
+
+    def _keepalive_deadline(self) -> float:
+        keepalive, asked = self.server.config.keepalive, self._ping_asked
+        if asked is None:
+            return self.last_heard + keepalive.ping_interval
+        if self.last_heard < asked:  # no answer yet: the link is dead then
+            return asked + keepalive.ping_timeout
+        # Answered: the next ping once the client is silent again, not before the wait has ended.
+        return max(asked + keepalive.ping_timeout, self.last_heard + keepalive.ping_interval)
+
+    def _keepalive_due(self, now: float) -> bool:
+        """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead."""
+        keepalive, asked = self.server.config.keepalive, self._ping_asked
+        if asked is not None:
+            if now < asked + keepalive.ping_timeout:
+                return False
+            if self.last_heard < asked:
+                log.info("%s: no answer to ping in %.0f s; the link is dead", self.who, keepalive.ping_timeout)
+                self.close_error = self.close_error or StreamError("connection-timeout", "no answer to ping")
+                return True
+            self._ping_asked = None
+        if now >= self.last_heard + keepalive.ping_interval:
+            assert self.session is not None
+            ping = make("iq", to=self.session.jid, from_=self.server.domain, type_="get", id_=f"ping-{now:.0f}")
+            etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap={None: ns.PING})
+            self._push(ping)
+            self._ping_asked = now
+        return False
+
+    def _ack_wanted(self) -> bool:
+        """XEP-0198: stanzas wait unacknowledged and no <r/> is out for them."""
+        state = self.session.sm if self.session is not None else None
+        return state is not None and state.counting and bool(state.unacked) and not state.request_pending
+
+    def _next_ack_check(self, now: float) -> float:
+        every = max(self.server.config.stream_management.request_seconds, 0.01)
+        return self._ack_from + ((now - self._ack_from) // every + 1) * every
+
+    def _arm_ack_check(self) -> None:
+        """Called by the writer after a write: the reader's read may have to end sooner."""
+        if self._ack_at == math.inf and self._ack_wanted():
+            self._ack_at = self._next_ack_check(trio.current_time())
+            self.transport.wake_by(self._ack_at)
+
+    def _request_ack(self, now: float) -> None:
+        """Ask for an ack when stanzas have waited unacknowledged since the last check."""
+        session = self.session
+        assert session is not None
+        if not self._ack_wanted():
+            return
+        if session.gate is not None:
+            return  # inactive: never wake the phone just to ask; the next write asks
+        session.sm.request_pending = True
+        self._push_bytes(REQUEST)
 
     async def _nonza(self, element: Element) -> None:
         session = self.session
@@ -459,6 +605,7 @@ class Connection:
         self._in_flight = uncounted
         await self.stream.send_all(b"".join(chunks))
         self._in_flight = []
+        self._arm_ack_check()
         if uncounted:  # no stream management: written is as delivered as we can know
             await self.server.confirm(session, uncounted)
 
@@ -473,38 +620,8 @@ class Connection:
             state.request_pending = True
         return state.request_pending
 
-    async def _request_acks(self) -> None:
-        """Ask for an ack when stanzas have waited `request_seconds` unacknowledged."""
-        every = self.server.config.stream_management.request_seconds
-        while True:
-            await trio.sleep(every)
-            state = self.session.sm if self.session else None
-            if self.session is not None and self.session.gate is not None:
-                continue  # inactive: never wake the phone just to ask; the next write asks
-            if state is not None and state.counting and state.unacked and not state.request_pending:
-                state.request_pending = True
-                self._push_bytes(REQUEST)
-
     def _push_bytes(self, data: bytes) -> None:
         try:
             self.outbox.send_nowait(data)
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # a full outbox has its own remedy (the session is closed as too slow)
-
-    async def _keepalive(self) -> None:
-        """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead."""
-        keepalive = self.server.config.keepalive
-        assert self.session is not None
-        while True:
-            await trio.sleep_until(self.last_heard + keepalive.ping_interval)
-            if trio.current_time() < self.last_heard + keepalive.ping_interval:
-                continue
-            asked = trio.current_time()
-            ping = make("iq", to=self.session.jid, from_=self.server.domain, type_="get", id_=f"ping-{asked:.0f}")
-            etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap={None: ns.PING})
-            self._push(ping)
-            await trio.sleep(keepalive.ping_timeout)
-            if self.last_heard < asked:
-                log.info("%s: no answer to ping in %.0f s; the link is dead", self.who, keepalive.ping_timeout)
-                self.terminate(StreamError("connection-timeout", "no answer to ping"))
-                return

@@ -1,0 +1,87 @@
+"""The timers of a bound connection, which its reader keeps (appliance/net/c2s.py): XEP-0198 ack
+requests after `request_seconds`, XEP-0199 pings and the idle timeout, over TLS and in plaintext.
+(tests/test_limits.py and tests/test_sm.py cover pings, the idle timeout and dead links too.)"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.harness import ServerProcess
+from tests.raw import RawClient
+
+SM = "urn:xmpp:sm:3"
+REQUEST = f"<r xmlns='{SM}'/>".encode()
+
+
+def stream_error(data: bytes) -> bytes:
+    assert b"<stream:error" in data and data.rstrip().endswith(b"</stream:stream>"), data
+    return data
+
+
+def plaintext_login(server: ServerProcess, name: str) -> RawClient:
+    client = RawClient(server).connect()
+    client.header()
+    client.login(name)
+    return client
+
+
+def test_unacknowledged_stanzas_get_an_ack_request_after_request_seconds(fresh_server: ServerProcess) -> None:
+    fresh_server.settings = {"stream_management.request_seconds": 1, "stream_management.request_after": 100}
+    fresh_server.start()
+    sender, phone = fresh_server.add_user("acksender"), fresh_server.add_user("ackphone")
+    a = RawClient(fresh_server).open()
+    a.login("acksender")
+    b = RawClient(fresh_server).open()
+    b.login("ackphone", resource="phone")
+    b.send(f"<enable xmlns='{SM}'/>")
+    b.read_until(b"<enabled")
+    b.read_until(b"/>")
+    with pytest.raises(TimeoutError):  # nothing unacknowledged: nothing to ask
+        b.read_until(REQUEST, timeout=2.5)
+
+    a.send(f"<message to='{phone}/phone' type='chat'><body>one</body></message>")
+    b.read_until(b"</message>")
+    sent = time.monotonic()
+    b.read_until(REQUEST, timeout=5)
+    assert time.monotonic() - sent < 2.5  # within one request_seconds period (plus scheduling)
+    with pytest.raises(TimeoutError):  # one request is out: not asked again
+        b.read_until(REQUEST, timeout=2.5)
+
+    b.send(f"<a xmlns='{SM}' h='1'/>")
+    a.send(f"<message to='{phone}/phone' type='chat'><body>two</body></message>")
+    b.read_until(b"</message>")
+    b.read_until(REQUEST, timeout=5)  # answered, and a new stanza waits: asked again
+    b.send(f"<a xmlns='{SM}' h='2'/>")
+    a.send(f"<iq type='get' id='p' to='{fresh_server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert b'type="result"' in a.read_until(b'id="p"/>')  # the sender's stream is unaffected
+    assert sender.startswith("acksender@")
+    a.close()
+    b.close()
+
+
+def test_ping_and_idle_timeout_in_plaintext(fresh_server: ServerProcess) -> None:
+    """The same timers when the reader reads the socket itself (no TLS layer in between)."""
+    fresh_server.settings = {"require_tls": False, "keepalive.ping_interval": 1, "keepalive.ping_timeout": 1,
+                             "limits.idle_timeout": 30}
+    fresh_server.start()
+    fresh_server.add_user("plainping")
+    client = plaintext_login(fresh_server, "plainping")
+    for _ in range(2):  # answered pings keep the stream up
+        ping = client.read_until(b"</iq>", timeout=5)
+        ping_id = ping.split(b'id="', 1)[1].split(b'"', 1)[0].decode()
+        client.send(f"<iq type='result' id='{ping_id}' to='{fresh_server.domain}'/>")
+    assert b"urn:xmpp:ping" in client.read_until(b"</iq>", timeout=5)  # this one goes unanswered
+    started = time.monotonic()
+    assert b"connection-timeout" in stream_error(client.read_to_close(timeout=5))
+    assert time.monotonic() - started < 2.5
+    assert fresh_server.logged("no answer to ping")
+
+
+def test_idle_timeout_in_plaintext(fresh_server: ServerProcess) -> None:
+    fresh_server.settings = {"require_tls": False, "limits.idle_timeout": 1}
+    fresh_server.start()
+    fresh_server.add_user("plainidle")
+    client = plaintext_login(fresh_server, "plainidle")
+    assert b"connection-timeout" in stream_error(client.read_to_close(timeout=5))
