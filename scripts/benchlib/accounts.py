@@ -9,12 +9,14 @@ one per server, shared by all its accounts (a benchmark; never do that for real 
 - Prosody (storage "internal"): one Lua file per account and per roster under
   data/<host>/accounts/ and data/<host>/roster/, in the format of util/datamanager.lua (paths with
   every non-alphanumeric byte as %xx) and mod_auth_internal_hashed.lua (hex keys, salt as given).
+- Prosody (storage "sql", SQLite): rows in mod_storage_sql's table, as prosody-migrator writes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 import time
 from pathlib import Path
 
@@ -95,17 +97,22 @@ def prosody_path_part(text: str) -> str:
     return "".join(c if c.isascii() and c.isalnum() else "".join(f"%{b:02x}" for b in c.encode()) for c in text)
 
 
-def prosody_accounts(data_dir: Path, names: list[str], password: str, iterations: int,
-                     rosters: dict[str, list[str]]) -> None:
-    """The files mod_auth_internal_hashed and the roster manager read with storage "internal"."""
+def _prosody_account(password: str, iterations: int) -> dict[str, str | int]:
+    """mod_auth_internal_hashed's fields: SCRAM-SHA-1 keys in lowercase hex, the salt as given."""
     salted = salted_password("sha1", password, PROSODY_SALT.encode(), iterations)
     client_key = hmac.new(salted, b"Client Key", "sha1").digest()
-    account = lua({
+    return {
         "iteration_count": iterations,
         "salt": PROSODY_SALT,
         "stored_key": hashlib.sha1(client_key).hexdigest(),
         "server_key": hmac.new(salted, b"Server Key", "sha1").hexdigest(),
-    })
+    }
+
+
+def prosody_accounts(data_dir: Path, names: list[str], password: str, iterations: int,
+                     rosters: dict[str, list[str]]) -> None:
+    """The files mod_auth_internal_hashed and the roster manager read with storage "internal"."""
+    account = lua(_prosody_account(password, iterations))
     host = data_dir / prosody_path_part(DOMAIN)
     (host / "accounts").mkdir(parents=True, exist_ok=True)
     (host / "roster").mkdir(parents=True, exist_ok=True)
@@ -116,3 +123,30 @@ def prosody_accounts(data_dir: Path, names: list[str], password: str, iterations
                         for contact in contacts)
         (host / "roster" / f"{prosody_path_part(owner)}.dat").write_text(
             f'return {{\n\t[false] = {{ ["version"] = 1; ["pending"] = {{ }} }};\n{items}}};\n')
+
+
+PROSODY_SQL_DATABASE = "prosody.sqlite"   # relative to Prosody's data_path
+
+
+def prosody_sql_accounts(data_dir: Path, names: list[str], password: str, iterations: int,
+                         rosters: dict[str, list[str]]) -> None:
+    """The same in mod_storage_sql's SQLite table "prosody" (host, user, store, key, type, value),
+    as prosody-migrator writes it: one row per account field; per roster item a JSON value, and
+    the roster's metadata (Lua key `false`) in the row with key "" as util.json encodes it."""
+    account = _prosody_account(password, iterations)
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    for name in names:
+        rows += [(DOMAIN, name, "accounts", k, "number" if isinstance(v, int) else "string", str(v))
+                 for k, v in account.items()]
+    for owner, contacts in rosters.items():
+        rows.append((DOMAIN, owner, "roster", "", "json", '{"__hash":[false,{"version":1,"pending":{}}]}'))
+        rows += [(DOMAIN, owner, "roster", contact, "json", '{"groups":{},"subscription":"both"}')
+                 for contact in contacts]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(data_dir / PROSODY_SQL_DATABASE) as conn:
+        # mod_storage_sql.lua's create_table() for this table; it adds its archive table itself
+        conn.execute('CREATE TABLE IF NOT EXISTS "prosody" ("host" TEXT NOT NULL, "user" TEXT NOT NULL, '
+                     '"store" TEXT NOT NULL, "key" TEXT NOT NULL, "type" TEXT NOT NULL, "value" MEDIUMTEXT NOT NULL)')
+        conn.execute('CREATE INDEX IF NOT EXISTS "prosody_index" ON "prosody" ("host", "user", "store", "key")')
+        conn.executemany('INSERT INTO "prosody" VALUES (?, ?, ?, ?, ?, ?)', rows)
+    conn.close()

@@ -158,7 +158,9 @@ class Bench:
             started = time.monotonic()
             data = self.workdir / name / "data"
             data.mkdir(parents=True)
-            write = accounts.appliance_accounts if name == "appliance" else accounts.prosody_accounts
+            write = {"appliance": accounts.appliance_accounts, "prosody": accounts.prosody_accounts,
+                     "prosody sql": accounts.prosody_sql_accounts}[
+                f"{name} sql" if name == "prosody" and self.plan.prosody_storage == "sql" else name]
             write(data, names, load.PASSWORD, self.plan.iterations, rosters)
             print(f"{name}: {len(names):,} accounts and {len(rosters):,} rosters written in "
                   f"{time.monotonic() - started:.1f} s", flush=True)
@@ -174,8 +176,9 @@ class Bench:
             return servers.start_appliance(directory, self.cert, self.key, {}, settings)
         settings = {"default_iteration_count": self.plan.iterations, "network_backend": "epoll",
                     "c2s_require_encryption": not plaintext}
-        if self.plan.prosody_storage != "internal":
-            settings["storage"] = self.plan.prosody_storage
+        if self.plan.prosody_storage == "sql":
+            settings["storage"] = "sql"
+            settings["sql"] = {"driver": "SQLite3", "database": accounts.PROSODY_SQL_DATABASE}
         return servers.start_prosody(directory, self.cert, self.key, {}, settings)
 
     def run_phase(self, phase: Phase) -> None:
@@ -223,6 +226,9 @@ def notes(figures: dict[str, Any]) -> list[str]:
         out.append(f"{figures['missing']} presence deliveries missing")
     if figures.get("failed"):
         out.append(f"{figures['failed']} logins failed, e.g. {(figures.get('failures') or ['?'])[0]}")
+    if figures.get("close_errors"):
+        out.append(f"{figures['close_errors']} sessions ended badly after the client's </stream:stream>, e.g. "
+                   f"{figures['close_error_examples'][0]}")
     if "sent" in figures and figures.get("drain_seconds", 0) > 1.0:
         out.append(f"did not keep up: {figures['backlog_at_end_of_sending']} messages outstanding when sending "
                    f"ended, {figures['drain_seconds']:.1f} s to drain")
@@ -276,7 +282,8 @@ def summary(key: str, f: dict[str, Any]) -> str:
 class Row:
     label: str
     phase: str
-    figure: str                       # key in the phase's figures, or a function of them
+    figure: str | Callable[[dict[str, dict[str, Any]], str], float | None]   # a key of the phase's figures,
+    #                                   or a function of (all results, server name)
     digits: int = 2
     target: str = ""                  # "ratio <= 0.5", "<= 512 MB": rows that correspond to targets
     scale: float = 1.0
@@ -312,8 +319,13 @@ def rows(plan: Plan) -> list[Row]:
                 Row(f"disk writes per message, {pairs} pairs {variant}, bytes", key, "write_bytes_per_message", 0),
                 Row(f"messages lost, {pairs} pairs {variant}", key, "lost", 0),
             ]
-    out.append(Row("SQLite commits per message, 10 pairs archived", "messages-10-archived",
-                   "commits_per_message", 3, "well below 1", only="appliance"))
+    for pairs in plan.pairs:
+        out += [
+            Row(f"SQLite commits per message, {pairs} pairs archived", f"messages-{pairs}-archived",
+                "commits_per_message", 3, "well below 1", only="appliance"),
+            Row(f"SQLite write calls per message, {pairs} pairs archived", f"messages-{pairs}-archived",
+                "writes_per_message", 3, only="appliance"),
+        ]
     if "presence" in plan.scenarios:
         key = f"presence-{plan.contacts}"
         out += [
@@ -329,26 +341,37 @@ def rows(plan: Plan) -> list[Row]:
             Row(f"latency p99, 10 pairs archived, {size:,} idle TLS connected, ms", key, "latency_p99_ms", 1),
         ]
         if plan.big_idle:
-            out.append(Row(f"RSS with {plan.big_idle:,} idle TLS sessions, MB (appliance only)",
+            out.append(Row(f"RSS with {plan.big_idle:,} idle TLS sessions, MB",
                            f"idle-{plan.big_idle}-tls", "rss_after", 0, "<= 512 MB", 1 / 2**20, "appliance"))
         if plan.archive_rows:
             key = f"messages-10-archived-{_rows(plan.archive_rows)}-archive"
             out += [
-                Row(f"CPU per message, 10 pairs archived, {_rows(plan.archive_rows)} archive, ms (appliance only)",
+                Row(f"CPU per message, 10 pairs archived, {_rows(plan.archive_rows)} archive, ms",
                     key, "cpu_ms_per_message", 3, only="appliance"),
-                Row("  the same against an empty archive, ms", "messages-10-archived", "cpu_ms_per_message", 3,
-                    only="appliance"),
-                Row(f"latency p99, 10 pairs archived, {_rows(plan.archive_rows)} archive, ms (appliance only)",
+                Row("  the same against the almost empty archive, ms", "messages-10-archived", "cpu_ms_per_message",
+                    3, only="appliance"),
+                Row(f"  {_rows(plan.archive_rows)} archive / almost empty archive", key,
+                    lambda results, server: _quotient(value(results, Row("", key, "cpu_ms_per_message"), server),
+                                                      value(results, Row("", "messages-10-archived",
+                                                                         "cpu_ms_per_message"), server)),
+                    2, only="appliance"),
+                Row(f"latency p99, 10 pairs archived, {_rows(plan.archive_rows)} archive, ms",
                     key, "latency_p99_ms", 1, only="appliance"),
             ]
     return out
 
 
 def value(results: dict[str, dict[str, Any]], row: Row, server: str) -> float | None:
+    if callable(row.figure):
+        return row.figure(results, server)
     figures = results.get(row.phase, {}).get(server)
     if not figures or row.figure not in figures or figures[row.figure] is None:
         return None
     return figures[row.figure] * row.scale
+
+
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -356,18 +379,20 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 
 def ratio_table(plan: Plan, results: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    lines = [f"{'':66}{'appliance':>12}{'Prosody':>12}{'ratio':>8}  target",
-             f"{'':66}{'':>12}{'':>12}{'a/P':>8}"]
+    table = rows(plan)
+    width = max(len(row.label) for row in table) + 2
+    lines = [f"  {'':{width}}{'appliance':>11}{'Prosody':>11}{'ratio a/P':>11}  target"]
     machine_rows = []
-    for row in rows(plan):
+    for row in table:
         a, p = value(results, row, "appliance"), value(results, row, "prosody")
-        ratio = a / p if a is not None and p and row.only is None else None
+        ratio = _quotient(a, p) if row.only is None else None
         mark = "*" if row.target else " "
-        lines.append(f"{mark} {row.label:64}{_fmt(a, row.digits):>12}"
-                     f"{('n/a' if row.only else _fmt(p, row.digits)):>12}{_fmt(ratio, 2):>8}  {row.target}")
+        lines.append(f"{mark} {row.label:{width}}{_fmt(a, row.digits):>11}"
+                     f"{('n/a' if row.only else _fmt(p, row.digits)):>11}{_fmt(ratio, 2):>11}  {row.target}".rstrip())
         machine_rows.append({"label": row.label, "appliance": a, "prosody": None if row.only else p,
                              "ratio": ratio, "target": row.target or None})
-    lines.append("* a row that corresponds to a target; the benchmark reports, it does not judge.")
+    lines.append("* a row that corresponds to a target; the benchmark reports, it does not judge. "
+                 "n/a: appliance only.")
     return "\n".join(lines), machine_rows
 
 
@@ -378,7 +403,7 @@ def raw_numbers(results: dict[str, dict[str, Any]]) -> str:
         for name, figures in by_server.items():
             parts = []
             for k, v in figures.items():
-                if k in ("then", "log_warnings", "failures") or v is None:
+                if k in ("then", "log_warnings", "failures", "close_error_examples") or v is None:
                     continue
                 if isinstance(v, float):
                     v = f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
@@ -401,7 +426,9 @@ def header(plan: Plan, versions: dict[str, str], started: dt.datetime, elapsed: 
     if "appliance" in versions:
         lines.append(f"appliance: {versions['appliance']}; Python {m['python']}; SQLite synchronous=FULL (its default)")
     if "prosody" in versions:
-        lines.append(f"Prosody: {versions['prosody']}; storage {plan.prosody_storage}; network_backend epoll")
+        storage = {"internal": "internal (files, its default)", "sql": "sql (SQLite through LuaDBI)"}
+        lines.append(f"Prosody: {versions['prosody']}; storage {storage[plan.prosody_storage]}; "
+                     "network_backend epoll; its module defaults")
     lines += [
         f"both: domain {servers.DOMAIN}, loopback, one self-signed certificate, SCRAM-SHA-1 with "
         f"{plan.iterations} iterations, log level info, each scenario on a freshly started server; "
@@ -445,8 +472,9 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--archive-rows", type=int, help="preloaded archive for 'growth' (default 1000000; "
                                                          "quick 100000; 0 skips)")
     parser.add_argument("--iterations", type=int, help="SCRAM iterations on both servers (default 10000)")
-    parser.add_argument("--prosody-storage", choices=("internal",), default="internal",
-                        help="Prosody's storage backend (default internal, its default)")
+    parser.add_argument("--prosody-storage", choices=("internal", "sql"), default="internal",
+                        help="Prosody's storage: internal (files, its default) or sql (SQLite through "
+                             "LuaDBI; installs lua-dbi-sqlite3 when missing)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, configs, logs)")
     args = parser.parse_args(argv)
@@ -475,13 +503,15 @@ def main(argv: list[str] | None = None) -> int:
     plan, args = arguments(argv)
     started, clock = dt.datetime.now().astimezone(), time.monotonic()
     limit = procstat.raise_open_files()
-    needed = 2 * max(len(plan.idle_users()), plan.contacts) + 200
+    needed = max(len(plan.idle_users()), plan.contacts) + 200   # per process: the client, each server
     if limit < needed:
         print(f"bench: warning: open files limit {limit} < {needed} needed for the largest crowd "
-              "(client and server sockets)", file=sys.stderr)
+              "(each of the client and the server holds one socket per session)", file=sys.stderr)
     try:
         if "prosody" in plan.servers:
             servers.ensure_prosody()
+            if plan.prosody_storage == "sql":
+                servers.ensure_prosody_sql()
     except SetupError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -493,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         if "appliance" in plan.servers:
             versions["appliance"] = servers.appliance_version()
         if "prosody" in plan.servers:
-            versions["prosody"] = servers.prosody_version()
+            versions["prosody"] = servers.prosody_version(details=True)
         bench = Bench(plan, workdir, cert, key)
         bench.prepare_accounts()
         for phase in phases(plan):
@@ -507,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         args.keep = True
         return 1
     finally:
+        if bench is not None and any("error" in f for by in bench.results.values() for f in by.values()):
+            args.keep = True   # the servers' logs say what went wrong
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - clock

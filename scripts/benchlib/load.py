@@ -84,8 +84,8 @@ class Session:
             while True:
                 element = await self.client.receive()
                 await self.handle(element, trio.current_time())
-        except XmppError:
-            if not self.closing:
+        except XmppError as exc:
+            if not self.closing or "malformed" in str(exc):
                 raise
         finally:
             self.closed = True
@@ -154,6 +154,7 @@ class Crowd:
         self.limit = trio.CapacityLimiter(concurrency)
         self.sessions: list[Session] = []
         self.failures: list[str] = []
+        self.close_errors: list[str] = []   # what went wrong after we sent </stream:stream>
 
     async def open(self, sessions: list[Session], **login: Any) -> float:
         """Log all of them in; returns the seconds it took. Failures are counted, not raised."""
@@ -179,7 +180,10 @@ class Crowd:
         try:
             await session.run()
         except XmppError as exc:
-            self.failures.append(f"{session.username} after login: {exc}")
+            if session.closing:
+                self.close_errors.append(f"{session.username} while closing: {exc}")
+            else:
+                self.failures.append(f"{session.username} after login: {exc}")
 
     def alive(self) -> int:
         return sum(not s.closed for s in self.sessions)
@@ -328,6 +332,7 @@ async def idle(server: Server, users: list[str], tls: bool, settle: float,
             figures["sessions_after_then"] = crowd.alive()
         with trio.move_on_after(60):
             await crowd.close()
+        figures.update(close_errors=len(crowd.close_errors), close_error_examples=crowd.close_errors[:3])
         nursery.cancel_scope.cancel()
     return figures
 

@@ -151,7 +151,10 @@ def appliance_version() -> str:
     result = subprocess.run([sys.executable, "-m", "appliance", "--version"], capture_output=True, text=True,
                             cwd=ROOT, timeout=30)
     head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True)
-    return f"{result.stdout.strip() or 'appliance'} (git {head.stdout.strip() or '?'})"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "appliance"],
+                           capture_output=True, text=True).stdout.splitlines()
+    changes = f", {len(dirty)} uncommitted changes under appliance/" if dirty else ""
+    return f"{result.stdout.strip() or 'appliance'} (git {head.stdout.strip() or '?'}{changes})"
 
 
 # ---- Prosody -------------------------------------------------------------------------------------
@@ -160,32 +163,48 @@ def ensure_prosody() -> None:
     """Install Debian's prosody package when it is missing, without starting its system service."""
     if shutil.which("prosody") and shutil.which("prosodyctl"):
         return
+    apt_install("prosody")
+    if not shutil.which("prosody"):
+        raise SetupError("apt-get installed prosody but there is no `prosody` command")
+
+
+def ensure_prosody_sql() -> None:
+    """Prosody's SQLite driver (LuaDBI), for storage = "sql"."""
+    if not Path("/usr/share/doc/lua-dbi-sqlite3").exists():
+        apt_install("lua-dbi-sqlite3")
+
+
+def apt_install(package: str) -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SetupError("Prosody is not installed and cannot be installed from here: "
-                         "run `sudo apt-get install prosody` (Debian's package) and try again")
-    print("installing Debian's prosody package (apt-get)...", flush=True)
+        raise SetupError(f"{package} is not installed and cannot be installed from here: "
+                         f"run `sudo apt-get install {package}` (Debian's package) and try again")
+    print(f"installing Debian's {package} package (apt-get)...", flush=True)
     policy = Path("/usr/sbin/policy-rc.d")
     own_policy = not policy.exists()
     if own_policy:  # keep the package from starting a system-wide Prosody on 5222/5269
-        policy.write_text("#!/bin/sh\n# written by scripts/bench while installing prosody\nexit 101\n")
+        policy.write_text("#!/bin/sh\n# written by scripts/benchlib while installing packages\nexit 101\n")
         policy.chmod(0o755)
     try:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "prosody"]):
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
             result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
             if result.returncode != 0:
                 raise SetupError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
-    if not shutil.which("prosody"):
-        raise SetupError("apt-get installed prosody but there is no `prosody` command")
 
 
-def prosody_version() -> str:
+def prosody_version(details: bool = False) -> str:
+    """"Prosody 0.12.3"; with details, also its Lua and LuaSec versions."""
     result = subprocess.run(["prosodyctl", "about"], capture_output=True, text=True, timeout=30)
-    first = result.stdout.splitlines()[0] if result.stdout else "Prosody ?"
-    return first.strip()
+    lines = result.stdout.splitlines()
+    first = lines[0].strip() if lines else "Prosody ?"
+    if not details:
+        return first
+    found = {k: v.strip() for line in lines if ":" in line for k, v in [line.split(":", 1)]
+             if k in ("Lua version", "LuaSec")}
+    return f"{first} ({found.get('Lua version', 'Lua ?')}, LuaSec {found.get('LuaSec', '?')})"
 
 
 PROSODY_SETTINGS: dict[str, Any] = {

@@ -186,7 +186,10 @@ class Client:
             self.plain_received += len(data)
             if self.trace is not None:
                 self.trace.append((trio.current_time(), "<", data))
-            self.pending.extend(self.parser.feed(data))
+            try:
+                self.pending.extend(self.parser.feed(data))
+            except etree.XMLSyntaxError as exc:
+                raise XmppError(f"malformed XML from the server ({exc}) in {data[-400:]!r}") from None
             self.sizes.extend(self.splitter.feed(data))  # never behind lxml, which may wait for more bytes
         return self.pending.popleft(), self.sizes.popleft() if self.sizes else -1
 
