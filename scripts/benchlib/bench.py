@@ -240,6 +240,9 @@ def notes(figures: dict[str, Any]) -> list[str]:
     if figures.get("client_cpu_share", 0) > 0.8:
         out.append(f"the load generator used {figures['client_cpu_share']:.0%} of a core: it may have been the "
                    "bottleneck")
+    if figures.get("other_cpu_share", 0) > 0.15:
+        out.append(f"other processes on the machine used {figures['other_cpu_share']:.0%} of a core during the "
+                   "measurement: its figures may be disturbed")
     if isinstance(figures.get("then"), dict):
         out += [f"(with the idle crowd) {note}" for note in notes(figures["then"])]
     return out
@@ -417,11 +420,12 @@ def raw_numbers(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def header(plan: Plan, versions: dict[str, str], started: dt.datetime, elapsed: float) -> str:
+def header(plan: Plan, versions: dict[str, str], started: dt.datetime, elapsed: float, loads: list[str]) -> str:
     m = procstat.machine()
     lines = [
         f"Server benchmark (scripts/bench), {started.strftime('%Y-%m-%d %H:%M %Z')}, {elapsed / 60:.1f} min",
-        f"machine: {m['cpu']}, {m['ram']} RAM, {m['kernel']}, {m['os']}, open files {m['open files limit']}",
+        f"machine: {m['cpu']}, {m['ram']} RAM, {m['kernel']}, {m['os']}, open files {m['open files limit']}; "
+        f"load average {loads[0]} before, {loads[-1]} after",
     ]
     if "appliance" in versions:
         lines.append(f"appliance: {versions['appliance']}; Python {m['python']}; SQLite synchronous=FULL (its default)")
@@ -502,6 +506,7 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
 def main(argv: list[str] | None = None) -> int:
     plan, args = arguments(argv)
     started, clock = dt.datetime.now().astimezone(), time.monotonic()
+    loads = [procstat.load_average()]
     limit = procstat.raise_open_files()
     needed = max(len(plan.idle_users()), plan.contacts) + 200   # per process: the client, each server
     if limit < needed:
@@ -542,15 +547,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - clock
+    loads.append(procstat.load_average())
     table, table_rows = ratio_table(plan, bench.results)
-    text = "\n\n".join([header(plan, versions, started, elapsed), table, "Raw numbers (per scenario):\n"
+    text = "\n\n".join([header(plan, versions, started, elapsed, loads), table, "Raw numbers (per scenario):\n"
                         + raw_numbers(bench.results)])
     if bench.problems:
         text += "\n\nProblems:\n" + "\n".join(f"  {p}" for p in bench.problems)
     print(text)
     if args.json:
         args.json.write_text(json.dumps({
-            "started": started.isoformat(), "seconds": elapsed, "machine": procstat.machine(),
+            "started": started.isoformat(), "seconds": elapsed, "machine": procstat.machine(), "load_average": loads,
             "versions": versions, "plan": asdict(plan), "table": table_rows, "results": bench.results,
             "problems": bench.problems}, indent=1, default=str))
     if args.keep:

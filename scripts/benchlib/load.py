@@ -212,21 +212,26 @@ class Meter:
     before: procstat.Sample | None = None
     stats_before: dict[str, int] = field(default_factory=dict)
     client_before: float = 0.0
+    machine_before: float = 0.0
 
     async def start(self) -> None:
         self.stats_before = await self._stats()
         self.client_before = procstat.own_cpu()
+        self.machine_before = procstat.machine_cpu()
         self.before = procstat.sample(self.server.proc.pid)
 
     async def stop(self) -> dict[str, Any]:
         assert self.before is not None
         usage = procstat.sample(self.server.proc.pid) - self.before
         client_cpu = procstat.own_cpu() - self.client_before
+        others = procstat.machine_cpu() - self.machine_before - usage.cpu - client_cpu
         stats = await self._stats()
+        seconds = usage.seconds or 1e-9
         figures: dict[str, Any] = {
             "seconds": usage.seconds, "server_cpu_s": usage.cpu, "server_cpu_share": usage.cpu_share,
             "write_bytes": usage.write_bytes, "rss_bytes": usage.rss,
-            "client_cpu_share": client_cpu / usage.seconds if usage.seconds else 0.0,
+            "client_cpu_share": client_cpu / seconds,
+            "other_cpu_share": max(0.0, others / seconds),   # the rest of the machine: disturbance
         }
         if stats:
             figures["db_commits"] = stats["db_commits"] - self.stats_before["db_commits"]
@@ -325,7 +330,8 @@ async def idle(server: Server, users: list[str], tls: bool, settle: float,
         figures.update(
             sessions=crowd.alive(), failed=len(crowd.failures), failures=crowd.failures[:5],
             rss_after=window["rss_bytes"], idle_cpu_share=window["server_cpu_share"],
-            client_cpu_share=window["client_cpu_share"], server_sessions=window.get("server_sessions"))
+            client_cpu_share=window["client_cpu_share"], other_cpu_share=window["other_cpu_share"],
+            server_sessions=window.get("server_sessions"))
         figures["kb_per_session"] = per(figures["rss_after"] - before.rss, crowd.alive(), 1 / 1024)
         if then is not None:
             figures["then"] = await then()

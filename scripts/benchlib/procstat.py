@@ -71,6 +71,13 @@ def _write_bytes(pid: int) -> int:
     return int(found.group(1)) if found else 0
 
 
+def machine_cpu() -> float:
+    """CPU seconds all processes of the machine have used since boot (busy time of every core)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def own_cpu() -> float:
     """CPU seconds of this process (the load generator), all threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -114,6 +121,11 @@ def _stats_lines(log: Path) -> list[str]:
 
 
 # ---- the machine -----------------------------------------------------------------------------------
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine disturbs the figures."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
 
 def machine() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
