@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -192,7 +193,7 @@ class Bench:
                 time.sleep(SETTLE_AFTER_START)
                 start_rss = procstat.sample(server.proc.pid).rss
                 self.results.setdefault("startup", {}).setdefault(name, {"rss": start_rss})
-                figures = trio.run(phase.run, server)
+                figures = _run(phase.run, server)
                 figures["rss_at_start"] = start_rss
             except (load.XmppError, trio.TooSlowError, OSError, TimeoutError, ExceptionGroup) as exc:
                 figures = {"error": _describe(exc)}
@@ -210,6 +211,16 @@ class Bench:
             if isinstance(figures.get("then"), dict):
                 self.results.setdefault(f"messages-10-archived-with-{phase.key}", {})[name] = figures["then"]
             print(f"  {summary(phase.key, figures)}", flush=True)
+
+
+def _run(scenario: Callable[[Server], Awaitable[dict[str, Any]]], server: Server) -> dict[str, Any]:
+    """trio.run, with a Ctrl-C that Trio delivered inside an exception group raised as itself."""
+    try:
+        return trio.run(scenario, server)
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def notes(figures: dict[str, Any]) -> list[str]:
@@ -505,6 +516,10 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     plan, args = arguments(argv)
+    # Ctrl-C, and SIGTERM too, end the run through the `finally` that stops the servers by PID (a
+    # shell starting us in the background may have left SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started, clock = dt.datetime.now().astimezone(), time.monotonic()
     loads = [procstat.load_average()]
     limit = procstat.raise_open_files()
