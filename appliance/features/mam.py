@@ -49,7 +49,7 @@ from appliance.proto.jid import JID, InvalidJID
 from appliance.proto.stanza import Element, iq_result, serialize
 from appliance.store import archive as store
 from appliance.store import offline, roster
-from appliance.store.users import user_exists
+from appliance.store.users import NoSuchUser
 
 log = logging.getLogger("appliance.mam")
 
@@ -138,9 +138,10 @@ class Archiver:
                  purge_before: int | None) -> None:
         """On the writer thread. A message to an unknown account archives nothing (delivery
         answers it with an error)."""
-        if not all(user_exists(conn, owner) for owner in {e.username for e in entries}):
-            return  # checked first: add_messages would raise half-way through, rows already written
-        purged = store.add_messages(conn, entries, now_us, purge_before, PURGE_BATCH)
+        try:
+            purged = store.add_messages(conn, entries, now_us, purge_before, PURGE_BATCH)
+        except NoSuchUser:  # raised before any row is written
+            return
         if purged >= PURGE_BATCH:
             self._next_purge = 0.0  # more expired rows wait: purge again with the next message
         if purged:

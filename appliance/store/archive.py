@@ -13,7 +13,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
-from appliance.store.users import require_user
+from appliance.store.users import require_user, require_users
 
 _COLUMNS = "seq, id, with_jid, with_resource, outgoing, stanza"
 
@@ -56,9 +56,9 @@ def add_messages(conn: sqlite3.Connection, entries: list[Entry], now_us: int,
     """Insert entries (one message in one or two archives) in this one transaction; every owner
     must exist (NoSuchUser rolls all of it back). Optionally purge up to `purge_limit` expired rows
     (seq < purge_before) of any user on the way. Returns how many rows were purged."""
+    require_users(conn, {entry.username for entry in entries})  # before any row: nothing half-written
     seq = max(now_us, _last_seq(conn) + 1)
     for entry in entries:
-        require_user(conn, entry.username)
         conn.execute(
             f"INSERT INTO archive ({_COLUMNS}, username) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (seq, entry.id, entry.with_jid, entry.with_resource, int(entry.outgoing), entry.stanza,

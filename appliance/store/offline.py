@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from appliance.store.users import require_user
+from appliance.store.users import NoSuchUser
 
 
 class OfflineFull(Exception):
@@ -13,13 +13,15 @@ class OfflineFull(Exception):
 
 def store_message(conn: sqlite3.Connection, user: str, stanza_xml: bytes, stamp: float, limit: int) -> int:
     """Store one message; returns its id. Raises OfflineFull, or NoSuchUser for an unknown account."""
-    require_user(conn, user)
     if count_messages(conn, user) >= limit:
         raise OfflineFull(f"{user} has {limit} offline messages already")
-    cursor = conn.execute(
-        "INSERT INTO offline_messages (username, stamp, stanza) VALUES (?, ?, ?)",
-        (user, stamp, bytes(stanza_xml)),
-    )
+    try:
+        cursor = conn.execute(
+            "INSERT INTO offline_messages (username, stamp, stanza) VALUES (?, ?, ?)",
+            (user, stamp, bytes(stanza_xml)),
+        )
+    except sqlite3.IntegrityError:  # the only constraint an insert can break: no such account
+        raise NoSuchUser(user) from None
     return cursor.lastrowid
 
 

@@ -109,6 +109,14 @@ def require_user(conn: sqlite3.Connection, username: str) -> None:
         raise NoSuchUser(username)
 
 
+def require_users(conn: sqlite3.Connection, usernames: set[str]) -> None:
+    """Every one of them has an account (one query, for the per-message hot path)."""
+    marks = ", ".join("?" * len(usernames))
+    found = conn.execute(f"SELECT count(*) FROM users WHERE username IN ({marks})", tuple(usernames)).fetchone()[0]
+    if found != len(usernames):
+        raise NoSuchUser(", ".join(sorted(u for u in usernames if not user_exists(conn, u))))
+
+
 def scram_credentials(conn: sqlite3.Connection, username: str, mechanism: str) -> ScramCredentials | None:
     row = conn.execute(
         "SELECT salt, stored_key, server_key, iterations FROM scram_credentials"
