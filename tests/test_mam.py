@@ -426,6 +426,7 @@ def test_account_removal_deletes_the_archive(server: ServerProcess) -> None:
     a, b = Peer(server, alice), Peer(server, bob)
     a.send(bob, "remember me")
     b.messages(1)
+    b.query()  # a query waits for the archive's pending commit: the row is on disk after it
     assert archived_rows(server, bob) == 1
     b.iq("<query xmlns='jabber:iq:register'><remove/></query>")
     # The answer is queued before the data goes (it must leave on the stream that is then closed);

@@ -219,6 +219,7 @@ class Archiver:
         if not sent:
             return
         bare = str(session.jid.bare)
+        await self.server.db.flush()
         rows = self.server.db.read(offline.fetch_messages, session.username)
         doomed = [id_ for id_, stanza, _ in rows
                   if id_ not in self.server.in_flight and stanza_id_of(parse_stored(stanza), bare) in sent]
@@ -244,6 +245,7 @@ def setup(server: Server) -> None:
         if name == "prefs" and routed.type in ("get", "set"):
             await archiver.prefs_iq(routed, session)
         elif name == "query" and routed.type == "set":
+            await server.db.flush()  # a message the client just got live is in its archive too
             await archiver.purge_for_query()
             sent = await mam_query.answer(server, routed, session, archiver.cutoff(), archiver.max_page)
             state = session.state.setdefault(STATE, MamState())

@@ -13,10 +13,12 @@ a XEP-0203 <delay/> with the time the server first received them.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from weakref import WeakKeyDictionary
 
 import trio
 from lxml import etree
@@ -89,9 +91,15 @@ def setup(server: Server) -> None:
 
 
 async def persist(server: Server, routed: Routed) -> int | None:
-    """The durable copy of a message before any session gets it; None if it is not worth keeping."""
+    """The durable copy of a message on its way to a live session; None if not worth keeping.
+
+    The row is queued to commit with the message's archive rows (db.write_soon) and the router
+    settles it before the sender's stream counts the message as handled, so what the server
+    acknowledges is on disk. The recipient may get the message while the commit runs: that costs
+    no fsync in the delivery path, and a recipient's ack queues its delete behind the insert."""
     if routed.receipt is None and worth_keeping(routed.el):
-        routed.receipt = await _write(server, routed)
+        routed.receipt, job = _queue_copy(server, routed)
+        routed.writes.append(job)
     return routed.receipt
 
 
@@ -114,25 +122,36 @@ def worth_keeping(el: Element) -> bool:
 
 
 async def store_message(server: Server, routed: Routed) -> bool:
+    """Nobody is there: store it, and wait until it is committed, so that a failure reaches the
+    sender as an error."""
     if not worth_keeping(routed.el):
         log.debug("not storing a message without content for %s", routed.to_bare)
         return True  # handled: a typing notification for nobody is simply over
-    routed.receipt = await _write(server, routed)
+    routed.receipt, job = _queue_copy(server, routed)
+    try:
+        await server.db.settle(job)
+    except NoSuchUser:
+        raise StanzaError("service-unavailable") from None
     log.debug("stored a message for %s (offline)", routed.to_bare)
     return True
 
 
-async def _write(server: Server, routed: Routed) -> int:
-    now = time.time()
-    stanza = serialize(stamped(routed.el, server.domain, now))
-    try:
-        return await server.db.write(offline.store_message, routed.to_bare.local, stanza, now,
-                                     server.config.limits.offline_per_user)
-    except offline.OfflineFull:
+_next_ids: WeakKeyDictionary[Server, Iterator[int]] = WeakKeyDictionary()
+
+
+def _queue_copy(server: Server, routed: Routed) -> tuple[int, PendingWrite]:
+    """Allocate the row's id and queue its insert; StanzaError when the recipient's store is full."""
+    user = routed.to_bare.local
+    limit = server.config.limits.offline_per_user
+    if server.db.read(offline.count_messages, user) >= limit:
         log.warning("offline storage for %s is full; refusing a message", routed.to_bare)
-        raise StanzaError("service-unavailable", "the recipient's offline storage is full") from None
-    except NoSuchUser:
-        raise StanzaError("service-unavailable") from None
+        raise StanzaError("service-unavailable", "the recipient's offline storage is full")
+    ids = _next_ids.get(server)
+    if ids is None:  # this process is the only one that stores messages: ids come from memory
+        ids = _next_ids[server] = itertools.count(server.db.read(offline.last_id) + 1)
+    id_, now = next(ids), time.time()
+    stanza = serialize(stamped(routed.el, server.domain, now))
+    return id_, server.db.write_soon(offline.insert_message, id_, user, stanza, now)
 
 
 def stamped(el: Element, domain: str, when: float) -> Element:
@@ -150,6 +169,7 @@ def stamped(el: Element, domain: str, when: float) -> Element:
 async def deliver_stored(server: Server, session: Session, skip: Callable[[int], bool]) -> None:
     """In order, waiting for room in the outbox. Rows another live session holds or a client has
     confirmed are skipped; a row is deleted when this client confirms it (see `confirmed`)."""
+    await server.db.flush()  # copies still on their way to disk are rows too
     rows = server.db.read(offline.fetch_messages, session.username)
     sent = 0
     for id_, stanza, _stamp in rows:

@@ -96,6 +96,7 @@ class Database:
         self._limiter = trio.CapacityLimiter(1)
         self._lock = threading.Lock()
         self._queue: list[_Job] = []       # calls waiting for the next commit
+        self._batch: list[_Job] = []       # the calls the running commit holds
         self._leading: _Job | None = None  # the call whose task runs the current commit
         self._flush_scheduled = False      # a task will commit write_soon changes nobody waits for
         self._closed = False
@@ -152,12 +153,24 @@ class Database:
             raise job.error
         return job.result
 
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed: for readers that must see them (an
+        archive query after the live message it archived). Errors belong to the writes' owners."""
+        pending = self._queue or self._batch
+        if pending:
+            try:
+                await self.settle(pending[-1])  # commits are in order: the last one covers the rest
+            except Exception:
+                pass
+
     async def _commit_queued(self) -> None:
         """Commit every queued call in one transaction, then hand the lead to the next waiter."""
         batch, self._queue = self._queue, []
+        self._batch = batch
         try:
             await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
         finally:
+            self._batch = []
             for job in batch:
                 job.finished = True
                 job.wake.set()

@@ -25,6 +25,23 @@ def store_message(conn: sqlite3.Connection, user: str, stanza_xml: bytes, stamp:
     return cursor.lastrowid
 
 
+def insert_message(conn: sqlite3.Connection, id_: int, user: str, stanza_xml: bytes, stamp: float) -> None:
+    """Store one message under an id the caller allocated (`last_id` + 1 onwards), so the caller
+    can hand out its receipt before the row is committed. NoSuchUser for an unknown account."""
+    try:
+        conn.execute("INSERT INTO offline_messages (id, username, stamp, stanza) VALUES (?, ?, ?, ?)",
+                     (id_, user, stamp, bytes(stanza_xml)))
+    except sqlite3.IntegrityError:  # the foreign key: ids are never reused (see last_id)
+        raise NoSuchUser(user) from None
+
+
+def last_id(conn: sqlite3.Connection) -> int:
+    """The highest id ever used, deleted rows included (AUTOINCREMENT keeps it in sqlite_sequence)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'offline_messages'").fetchone()
+    top = conn.execute("SELECT max(id) FROM offline_messages").fetchone()[0]
+    return max(row[0] if row else 0, top or 0)
+
+
 def fetch_messages(conn: sqlite3.Connection, user: str) -> list[tuple[int, bytes, float]]:
     """(id, stanza, stamp), oldest first. Delete them with delete_messages once delivered."""
     rows = conn.execute(
