@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from tests.harness import PASSWORD, ServerProcess
 from tests.netem import JsonLines, Link, bad_link
 
