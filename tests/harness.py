@@ -45,6 +45,8 @@ class ServerProcess:
     # The address the server listens on (unless settings give `listen`) and clients connect to,
     # e.g. the root side of a tests/netem.py link.
     host: str = "127.0.0.1"
+    # How Python starts the server (before `serve --config ...`); a test may run it with a patch.
+    python_args: list[str] = field(default_factory=lambda: ["-m", "appliance"])
 
     @property
     def cert(self) -> Path:
@@ -81,7 +83,7 @@ class ServerProcess:
         self.data.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
+        self.proc = subprocess.Popen([sys.executable, *self.python_args, "serve", "--config", str(config)],
                                      stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc, host=self.host)
         wait_for_port(self.tls_port, self.proc, host=self.host)

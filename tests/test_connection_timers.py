@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from lxml import etree
 
 from tests.harness import ServerProcess
 from tests.raw import RawClient
@@ -85,3 +86,48 @@ def test_idle_timeout_in_plaintext(fresh_server: ServerProcess) -> None:
     fresh_server.add_user("plainidle")
     client = plaintext_login(fresh_server, "plainidle")
     assert b"connection-timeout" in stream_error(client.read_to_close(timeout=5))
+
+
+# ---- releasing the XML parser of a silent client ------------------------------------------------
+
+# The server with the release after 1 s of silence instead of 30 (a module constant, not a setting).
+_LAUNCH = ("import sys, appliance.net.c2s as c2s; c2s.PARSER_IDLE_SECONDS = 1.0; c2s.TRIM_DELAY = 0.2; "
+           "from appliance.cli import main; raise SystemExit(main(sys.argv[1:]))")
+
+
+def releases_after(server: ServerProcess, count: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while server.log_text().count("XML parser released") <= count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+HEADER_WITH_PREFIX = ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                      "xmlns:x='urn:example:x' to='{domain}' version='1.0'>")
+
+
+def test_a_silent_client_gets_its_parser_released_and_rebuilt_transparently(fresh_server: ServerProcess) -> None:
+    fresh_server.python_args = ["-c", _LAUNCH]
+    server = fresh_server.start()
+    server.add_user("silent")
+    client = RawClient(server).open()
+    client.authenticate("silent")
+    client.send(HEADER_WITH_PREFIX.format(domain=server.domain))  # x: declared on the header only
+    client.read_until(b"</stream:features>")
+    client.send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                "<resource>r</resource></bind></iq>")
+    jid = client.read_until(b"</iq>").split(b"<jid>", 1)[1].split(b"</jid>", 1)[0].decode()
+    assert releases_after(server, 0)
+    for round_ in range(2):
+        released = server.log_text().count("XML parser released")
+        client.send(f"<message to='{jid}' id='m{round_}'><x:data x:n='{round_}'><x:leaf/></x:data></message>")
+        echo = client.read_until(b"</message>")
+        parsed = etree.fromstring(b"<r xmlns='jabber:client'>" + echo[echo.index(b"<message"):] + b"</r>")[0]
+        data = parsed.find("{urn:example:x}data")
+        assert data is not None and data.get("{urn:example:x}n") == str(round_), echo
+        assert data[0].tag == "{urn:example:x}leaf"
+        assert releases_after(server, released)  # silent again: released again
+    client.send("<message><y:undeclared/></message>")  # the rebuilt parser still checks prefixes
+    assert b"bad-namespace-prefix" in stream_error(client.read_to_close(timeout=5))

@@ -335,19 +335,27 @@ def test_relative_namespace_warnings_are_tolerated_and_do_not_hide_errors():
     refused(b"<iq><x:y/></iq>", "bad-namespace-prefix", parser=parser)
 
 
-def test_mutated_streams_give_stream_errors_or_standalone_stanzas():
-    """A small seeded fuzz: nothing but StreamError may escape, and every stanza re-parses strictly."""
-    rnd = random.Random(6120)
-    tokens = [b"<", b">", b"&", b";", b"<!", b"<?", b"]]>", b"<![CDATA[", b"\xff", b"\xc3", b"'",
-              b"/", b"</message>", b"<a>", b"&amp;", b"&#", b"x:", b"\x00", b" "]
-    for _ in range(400):
-        data = bytearray(rnd.choice([STREAM, BILLION_LAUGHS]))
+FUZZ_TOKENS = [b"<", b">", b"&", b";", b"<!", b"<?", b"]]>", b"<![CDATA[", b"\xff", b"\xc3", b"'",
+               b"/", b"</message>", b"<a>", b"&amp;", b"&#", b"x:", b"\x00", b" "]
+
+
+def mutated_streams(seed, streams, tokens=FUZZ_TOKENS, count=400):
+    """A small seeded fuzz: each of `streams` with 1-4 tokens written over it, cut in chunks."""
+    rnd = random.Random(seed)
+    for _ in range(count):
+        data = bytearray(rnd.choice(streams))
         for _ in range(rnd.randint(1, 4)):
             at = rnd.randrange(len(data))
             data[at:at + rnd.choice([0, 1, 3])] = rnd.choice(tokens)
         size = rnd.choice([1, 3, 50, 1000])
+        yield [bytes(data[i:i + size]) for i in range(0, len(data), size)]
+
+
+def test_mutated_streams_give_stream_errors_or_standalone_stanzas():
+    """Nothing but StreamError may escape, and every stanza re-parses strictly."""
+    for chunks in mutated_streams(6120, [STREAM, BILLION_LAUGHS]):
         try:
-            for event in feed_all(bytes(data[i:i + size]) for i in range(0, len(data), size)):
+            for event in feed_all(chunks):
                 if isinstance(event, StanzaReceived):
                     strict = etree.XMLPullParser()
                     strict.feed(etree.tostring(event.element))

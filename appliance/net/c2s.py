@@ -8,9 +8,12 @@ waits until the earliest of them is due, so an idle connection costs one sleepin
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import ssl
+import time
 from collections import Counter
 from typing import Any
 
@@ -31,6 +34,9 @@ READ_SIZE = 65536
 CONNECTION_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 WRITE_BATCH = 64
 GOODBYE_SECONDS = 2.0  # how long a closing stream may take to write what is queued
+PARSER_IDLE_SECONDS = 30.0  # a client silent this long between stanzas: its XML parser is released
+TRIM_DELAY = 10.0           # freed memory goes back to the system this long after a release...
+TRIM_EVERY = 60.0           # ...and at most this often
 
 
 class C2SService:
@@ -43,7 +49,29 @@ class C2SService:
         self.per_address: Counter[str] = Counter()
         self.connections: set[Connection] = set()
         self.hibernation = sm.Hibernation(server)
+        self._trim_pending = False
+        self._last_trim = -math.inf
         server.add_stream_feature(sm.stream_feature)
+
+    # ---- memory of idle connections ---------------------------------------------------------------
+    #
+    # A silent connection releases its XML parser (StreamParser.release), but glibc keeps freed
+    # memory inside its heap, resident, until malloc_trim: that runs here, a while after the first
+    # release and at most once a minute (it takes milliseconds).
+
+    def parser_released(self) -> None:
+        nursery = self.hibernation.nursery
+        if not self._trim_pending and nursery is not None:
+            self._trim_pending = True
+            nursery.start_soon(self._trim_later)
+
+    async def _trim_later(self) -> None:
+        await trio.sleep_until(max(trio.current_time() + TRIM_DELAY, self._last_trim + TRIM_EVERY))
+        self._trim_pending = False
+        self._last_trim = trio.current_time()
+        started = time.perf_counter()
+        _malloc_trim()
+        log.debug("gave freed memory back to the system in %.1f ms", (time.perf_counter() - started) * 1000)
 
     async def listen(self, port: int, *, direct_tls: bool,
                      task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -87,6 +115,22 @@ class C2SService:
             while self.connections:
                 await trio.sleep(0.05)
         await self.hibernation.end_all()
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Give the heap's free pages back to the system (glibc keeps them otherwise)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -173,6 +217,7 @@ class Connection:
         self._ping_asked: float | None = None  # XEP-0199: when the unanswered ping went out
         self._ack_from = 0.0                    # ack-request checks fall every request_seconds from here
         self._ack_at = math.inf                 # the next ack-request check, when one is wanted
+        self._parser_idle_at = math.inf         # when to release the XML parser of a silent client
         self.preauth_state: dict[str, Any] = {"address": address}
         self._in_flight: list[Element] = []
         self.clean_close = False          # the client ended the stream itself
@@ -272,6 +317,7 @@ class Connection:
             else:
                 await self.server.end_session(self.session, self._unwritten())
             await self._close_transport()
+            self.proto.release_parser()  # a stream cut mid-document: free lxml's parser now, not at a full gc
             log.info("%s: disconnected%s", self.who, f" ({self.close_error})" if self.close_error else "")
 
     def _may_hibernate(self) -> bool:
@@ -431,6 +477,7 @@ class Connection:
 
     async def _read_loop(self) -> None:
         self._ack_from = trio.current_time()
+        self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
         self.transport.reader = trio.lowlevel.current_task()
         try:
             while True:
@@ -444,6 +491,7 @@ class Connection:
                 if not data:
                     return
                 self.last_heard = trio.current_time()
+                self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
                 if await self._received(data):
                     return
         finally:
@@ -475,8 +523,8 @@ class Connection:
     # ---- bound: the reader's timers ------------------------------------------------------------------
     #
     # One deadline for the read: the earliest of the idle timeout, the next XEP-0199 ping (or the end
-    # of the wait for its answer) and the next XEP-0198 ack-request check. When it passes, what is
-    # due is done and the read starts again.
+    # of the wait for its answer), the next XEP-0198 ack-request check and the release of the XML
+    # parser of a silent client. When it passes, what is due is done and the read starts again.
 
     def _next_deadline(self, now: float) -> float:
         if self._ack_wanted():
@@ -485,7 +533,7 @@ class Connection:
         else:
             self._ack_at = math.inf
         return min(self.last_heard + self.server.config.limits.idle_timeout,
-                   self._keepalive_deadline(), self._ack_at)
+                   self._keepalive_deadline(), self._ack_at, self._parser_idle_at)
 
     def _deadline_passed(self, now: float) -> bool:
         """Do what is due; True when the connection must end."""
@@ -497,6 +545,11 @@ class Connection:
         if now >= self._ack_at:
             self._ack_at = math.inf
             self._request_ack(now)
+        if now >= self._parser_idle_at:
+            self._parser_idle_at = math.inf  # released, or mid-stanza: either way, wait for bytes
+            if self.proto.release_parser():
+                log.debug("%s: silent for %.0f s; XML parser released", self.who, now - self.last_heard)
+                self.service.parser_released()
         return False
 
     def _keepalive_deadline(self) -> float:

@@ -127,6 +127,11 @@ class C2SStream:
         events, self._events = self._events, []
         return events
 
+    def release_parser(self) -> bool:
+        """Give back the XML parser's memory while the client is silent between stanzas (it is
+        rebuilt on the next bytes, see StreamParser.release); False if the stream is mid-stanza."""
+        return self._parser.release()
+
     def data_to_send(self) -> bytes:
         data = b"".join(self._out)
         self._out.clear()

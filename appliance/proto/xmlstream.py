@@ -33,6 +33,10 @@ _BOM = b"\xef\xbb\xbf"
 _DECL_START = re.compile(rb"<\?xml[ \t\r\n]")
 _DECL_ENCODING = re.compile(rb"""[ \t\r\n]encoding[ \t\r\n]*=[ \t\r\n]*(["'])(.*?)\1""", re.S)
 _NAME_START = re.compile(rb"[A-Za-z_:\x80-\xff]")
+# A tag up to its '>' (quoted attribute values may contain '>'); the first one that is no '<?' or
+# '<!' is the stream header. Only used on bytes lxml has accepted.
+_TAG = re.compile(rb"""<[^?!](?:[^'">]|'[^']*'|"[^"]*")*>""")
+_TAIL_MAX = 1024  # release() looks at the bytes since the last '<' when there are no more than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,11 @@ class _RestrictedScanner:
         self._head = b""  # first three bytes of the stream, to allow a BOM before <?xml
         self._in_cdata = False
         self.start_tags = 0  # '<' that open a start tag, released to lxml so far
+
+    @property
+    def holding(self) -> bool:
+        """Bytes held back undecided, or inside a CDATA section."""
+        return bool(self._held) or self._in_cdata
 
     def scan(self, data: bytes) -> tuple[bytes, StreamError | None]:
         """Returns the bytes that are safe to parse now, and the violation that follows them."""
@@ -171,6 +180,10 @@ class StreamParser:
 
     After a StreamError the parser is dead and raises the same error again; events of the failing
     feed() call are dropped (the connection is closed anyway).
+
+    release() drops the lxml parser (about 10 KiB) between stanzas, e.g. while a connection is
+    idle; the next feed() builds a new one from the stream header as it was received, so
+    namespaces declared on the header keep applying, and goes on as if nothing had happened.
     """
 
     def __init__(self, *, max_stanza_bytes: int = 262144, max_depth: int = 32,
@@ -179,10 +192,7 @@ class StreamParser:
         self._slice = max(4096, min(_SLICE, max_stanza_bytes))  # small limits get precise checks
         self._max_depth = max_depth
         self._default_ns = default_ns
-        # encoding is forced so libxml2 never switches (e.g. to UTF-16) behind the byte scanner.
-        self._lxml = etree.XMLPullParser(
-            events=("start", "end"), encoding="utf-8", resolve_entities=False, load_dtd=False,
-            no_network=True, huge_tree=False)
+        self._lxml: etree.XMLPullParser | None = self._new_lxml()
         self._scanner = _RestrictedScanner()
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._utf8_partial = 0  # bytes of an unfinished UTF-8 sequence inside the decoder
@@ -195,11 +205,16 @@ class StreamParser:
         self._ended = False
         self._failed: StreamError | None = None
         self._logged = 0  # entries seen in lxml's feed error log
+        self._head = bytearray()  # bytes given to lxml before the header was complete
+        self._tail: bytes | None = b""  # bytes given to lxml since the last '<' (None: too many)
+        self._header = b""  # the stream header as received, to rebuild a released parser
         self.bytes_fed = 0
 
     def feed(self, data: bytes) -> list[Event]:
         if self._failed is not None:
             raise self._failed
+        if self._lxml is None:
+            self._rebuild()
         events: list[Event] = []
         try:
             for start in range(0, len(data), self._slice):
@@ -236,9 +251,82 @@ class StreamParser:
         self._utf8_partial = len(self._utf8.getstate()[0])
         return data, None
 
+    # ---- releasing the lxml parser while idle ---------------------------------------------------
+
+    @property
+    def released(self) -> bool:
+        return self._lxml is None
+
+    def release(self) -> bool:
+        """Drop the lxml parser if the stream is between stanzas with nothing held back anywhere
+        (the byte scanner, the UTF-8 decoder, libxml2); False, and nothing changes, otherwise."""
+        if (self._lxml is None or self._root is None or self._ended or self._failed is not None
+                or not self._between() or self._utf8_partial or self._scanner.holding
+                or not self._only_whitespace_after_last_tag()):
+            return False
+        self._finish_lxml(self._lxml, self._root.prefix)
+        self._lxml = self._root = None
+        return True
+
+    @staticmethod
+    def _finish_lxml(parser: etree.XMLPullParser, prefix: str | None) -> None:
+        """End lxml's document before dropping its parser: while the root is open, lxml's parser,
+        its context and its document refer to one another, and only the cycle collector (a full
+        collection: the parser is old by now) would free them; ended, they go at once."""
+        end = f"</{prefix}:stream>" if prefix else "</stream>"
+        try:
+            parser.feed(end.encode())
+            for _ in parser.read_events():
+                pass
+            parser.close()
+        except etree.LxmlError:
+            pass  # then the cycle collector frees it
+
+    def _only_whitespace_after_last_tag(self) -> bool:
+        """libxml2 holds back text until it sees the next '<' (text may contain '>'): text after
+        the last tag would be lost with the parser, and with it the bad-format it is due."""
+        tail = self._tail
+        if tail is None or tail.startswith(b"<!"):
+            return False  # a long tail, or root-level CDATA: keep the parser, to be sure
+        tag = _TAG.match(tail)
+        return tag is not None and not tail[tag.end():].strip(_XML_WS_BYTES)
+
+    def _rebuild(self) -> None:
+        """A fresh lxml parser in the state the released one was in: inside the stream header."""
+        self._lxml = self._new_lxml()
+        self._lxml.feed(self._header)
+        events = list(self._lxml.read_events())
+        assert len(events) == 1 and events[0][0] == "start", events  # the header, accepted before
+        self._root = events[0][1]
+        self._logged = len(self._lxml.feed_error_log)
+
+    def _between(self) -> bool:
+        """Between stanzas when none is open, every start tag given to lxml has come back as an
+        event, and the last byte closed a tag: then libxml2 holds at most text after the last tag,
+        which it reports (and _sweep_root_text refuses) once it sees a '<' or a few hundred bytes.
+        (A partial end tag -- only </stream:stream> is possible here -- ends in a name byte.)"""
+        return (self._level == 1 and self._starts == self._scanner.start_tags
+                and self._last_byte == ord(">"))
+
+    @staticmethod
+    def _new_lxml() -> etree.XMLPullParser:
+        # encoding is forced so libxml2 never switches (e.g. to UTF-16) behind the byte scanner.
+        return etree.XMLPullParser(
+            events=("start", "end"), encoding="utf-8", resolve_entities=False, load_dtd=False,
+            no_network=True, huge_tree=False)
+
+    # ---- parsing ----------------------------------------------------------------------------------
+
     def _parse(self, data: bytes, events: list[Event]) -> None:
         if not data:
             return
+        if self._root is None:
+            self._head += data  # bounded like a stanza: _check_size counts it
+        lt = data.rfind(b"<")
+        if lt >= 0:
+            self._tail = data[lt:] if len(data) - lt <= _TAIL_MAX else None
+        elif self._tail is not None:
+            self._tail = self._tail + data if len(self._tail) + len(data) <= _TAIL_MAX else None
         last = data[-1]
         if last in _XML_WS_BYTES:
             stripped = data.rstrip(_XML_WS_BYTES)
@@ -295,6 +383,9 @@ class StreamParser:
             attrs["lang"] = lang
         self._root = root
         self._boundary = True
+        header = _TAG.search(self._head)
+        assert header is not None  # lxml has just reported this start tag
+        self._header, self._head = bytes(self._head[:header.end()]), bytearray()
         return StreamOpened(attrs)
 
     def _detach(self, el: etree._Element) -> etree._Element:
@@ -303,11 +394,17 @@ class StreamParser:
         The copy lives in its own document and prints as <message xmlns="jabber:client">; merely
         removing the original would print it as <ns0:message xmlns:ns0=...>. Only finished
         elements and root text are ever removed: libxml2 still points at the open ones.
+
+        A copy's document refers to the parser that built the original, so a stored stanza (a
+        presence, a queued message) would keep this stream's lxml parser alive, released or not;
+        copied once more from a holder's document, it refers to lxml's default parser instead.
         """
         tail = el.tail
         if tail and tail.strip(_XML_WS):
             raise StreamError("bad-format", "text between stanzas")
-        stanza = el.__copy__()  # lxml copies deeply; skips the copy module's memo machinery
+        first = el.__copy__()  # lxml copies deeply; skips the copy module's memo machinery
+        etree.Element("holder").append(first)
+        stanza = first.__copy__()
         stanza.tail = None
         el.clear()  # frees the subtree now, and spares remove() fixing its namespaces
         self._root.remove(el)  # type: ignore[union-attr]
@@ -328,12 +425,7 @@ class StreamParser:
 
     def _check_size(self, size: int) -> None:
         """Bounds what lxml can be holding for one stanza, to within one slice."""
-        # Between stanzas when none is open, every start tag given to lxml has come back as an
-        # event, and the last byte closed a tag: then libxml2 holds nothing but whitespace. A
-        # partial end tag (only </stream:stream> is possible here) ends in a name byte, not '>'.
-        between = (self._level == 1 and self._starts == self._scanner.start_tags
-                   and self._last_byte == ord(">"))
-        if self._boundary or between:
+        if self._boundary or self._between():
             self._pending = 0
             return
         self._pending += size
