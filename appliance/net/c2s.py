@@ -1,9 +1,9 @@
 """Client-to-server listeners: STARTTLS on one port, direct TLS (XEP-0368) on another.
 
 One Connection per TCP connection: it feeds bytes to the sans-I/O C2SStream until a resource is
-bound, then runs a reader and a writer (draining the session's bounded outbox). The reader also
-keeps the connection's timers (idle timeout, XEP-0199 pings, XEP-0198 ack requests): its read
-waits until the earliest of them is due, so an idle connection costs one sleeping read.
+bound, then runs a reader, and a writer while the session's bounded outbox holds something. The
+reader also keeps the connection's timers (idle timeout, XEP-0199 pings, XEP-0198 ack requests):
+its read waits until the earliest of them is due, so an idle connection costs one sleeping read.
 """
 
 from __future__ import annotations
@@ -202,6 +202,47 @@ class _Transport(trio.abc.Stream):
         await self.inner.aclose()
 
 
+class _Outbox:
+    """What a session has yet to write, in order: stanzas, and bytes (stream management answers,
+    the stream's end). Bounded: a full outbox means a client that reads too slowly."""
+
+    __slots__ = ("items", "limit", "closed", "_room")
+
+    def __init__(self, limit: int) -> None:
+        self.items: list[bytes | Element] = []
+        self.limit = limit
+        self.closed = False
+        self._room: trio.lowlevel.ParkingLot | None = None  # tasks waiting in put_wait, once there were any
+
+    def put(self, item: bytes | Element) -> bool:
+        if self.closed or len(self.items) >= self.limit:
+            return False
+        self.items.append(item)
+        return True
+
+    async def put_wait(self, item: bytes | Element) -> bool:
+        """Put, waiting while the outbox is full; False once it is closed."""
+        await trio.lowlevel.checkpoint()
+        while not self.closed and len(self.items) >= self.limit:
+            if self._room is None:
+                self._room = trio.lowlevel.ParkingLot()
+            await self._room.park()
+        return self.put(item)
+
+    def take(self, count: int) -> list[bytes | Element]:
+        batch = self.items[:count]
+        del self.items[:count]
+        if self._room is not None:
+            self._room.unpark_all()
+        return batch
+
+    def close(self) -> None:
+        """No more puts; what is in it can still be taken."""
+        self.closed = True
+        if self._room is not None:
+            self._room.unpark_all()
+
+
 class Connection:
     def __init__(self, service: C2SService, stream: trio.SocketStream, address: str, direct_tls: bool) -> None:
         self.service = service
@@ -223,8 +264,10 @@ class Connection:
         self.clean_close = False          # the client ended the stream itself
         self.resumed_elsewhere = False    # XEP-0198: another connection took the session over
         self.auth = self.server.auth.for_connection(address)
-        send, receive = trio.open_memory_channel[bytes | Element](self.server.config.limits.outbox_stanzas)
-        self.outbox, self.outbox_reader = send, receive
+        self.outbox = _Outbox(self.server.config.limits.outbox_stanzas)
+        self._nursery: trio.Nursery | None = None  # the bound connection's, for its writer
+        self._writing = False                      # a writer task is draining the outbox
+        self._drained: trio.Event | None = None    # set when the writer stops, once the stream closes
         self.proto = c2s.C2SStream(self._settings(), tls_active=direct_tls)
 
     def _settings(self) -> c2s.Settings:
@@ -269,16 +312,21 @@ class Connection:
             await self._finish()
 
     async def _serve_bound(self) -> None:
-        writer_done = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop, writer_done)
-            with self.reader_scope:
-                await self._read_loop()
-            self._end_stream()
-            self.outbox.close()
-            with trio.move_on_after(GOODBYE_SECONDS):
-                await writer_done.wait()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._write_soon()  # what a resumption sends again, what features sent at bind
+                with self.reader_scope:
+                    await self._read_loop()
+                self._end_stream()
+                self.outbox.close()
+                if self._writing:
+                    self._drained = trio.Event()
+                    with trio.move_on_after(GOODBYE_SECONDS):
+                        await self._drained.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
 
     def _end_stream(self) -> None:
         if self.close_error is not None:
@@ -287,10 +335,8 @@ class Connection:
             self.proto.close()
         data = self.proto.data_to_send()
         if data:
-            try:
-                self.outbox.send_nowait(data)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass  # a full outbox (this client is not reading anyway), or the session moved on
+            # A full outbox: this client is not reading anyway. Closed: the session moved on.
+            self._push_bytes(data)
 
     @property
     def who(self) -> str:
@@ -364,13 +410,7 @@ class Connection:
         """Stanzas the writer never got to; they go round again (other resource, offline, bounce)."""
         self.outbox.close()
         left, self._in_flight = self._in_flight, []
-        while True:
-            try:
-                item = self.outbox_reader.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return left
-            if not isinstance(item, bytes):
-                left.append(item)
+        return left + [item for item in self.outbox.take(len(self.outbox.items)) if not isinstance(item, bytes)]
 
     # ---- negotiation (request/response: the reader writes directly) -------------------------------
 
@@ -453,27 +493,25 @@ class Connection:
         session.link, session.closing = self, False
         self.proto.resumed()
         self.proto.send_raw(session.sm.resumed_xml(element.get("previd", "")))
-        if len(again) > self.server.config.limits.outbox_stanzas:
-            self.outbox, self.outbox_reader = trio.open_memory_channel[bytes | Element](len(again) * 2)
+        if len(again) > self.outbox.limit:
+            self.outbox.limit = len(again) * 2
         for stanza in again:
-            self.outbox.send_nowait(stanza)
+            self.outbox.put(stanza)
         log.info("%s resumed from %s; sending %d stanzas again", session.jid, self.address, len(again))
 
     # ---- bound: reader, writer, keepalive ------------------------------------------------------------
 
     def _push(self, stanza: Element) -> bool:
-        try:
-            self.outbox.send_nowait(stanza)
-            return True
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        if not self.outbox.put(stanza):
             return False
+        self._write_soon()
+        return True
 
-    async def _push_wait(self, stanza: Element) -> bool:
-        try:
-            await self.outbox.send(stanza)
-            return True
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+    async def _push_wait(self, item: bytes | Element) -> bool:
+        if not await self.outbox.put_wait(item):
             return False
+        self._write_soon()
+        return True
 
     async def _read_loop(self) -> None:
         self._ack_from = trio.current_time()
@@ -502,7 +540,7 @@ class Connection:
         events = self.proto.receive_data(data)
         pending = self.proto.data_to_send()
         if pending:
-            await self.outbox.send(pending)
+            await self._push_wait(pending)
         for event in events:
             if isinstance(event, c2s.StanzaIn):
                 await self.server.route(event.stanza, self.session)
@@ -616,24 +654,28 @@ class Connection:
             return
         name = sm.local(element)
         if name == "enable":
-            await self.outbox.send(sm.enable(self, element))
+            await self._push_wait(sm.enable(self, element))
         elif name == "r" and session.sm is not None:
-            await self.outbox.send(session.sm.ack_xml())
+            await self._push_wait(session.sm.ack_xml())
         elif name == "a" and session.sm is not None:
             await self.server.confirm(session, session.sm.ack(parse_h(element)))
         elif name in ("enable", "resume", "r"):
-            await self.outbox.send(failed_xml("unexpected-request"))
+            await self._push_wait(failed_xml("unexpected-request"))
 
-    async def _write_loop(self, done: trio.Event) -> None:
-        async for item in self.outbox_reader:
-            batch = [item]
-            while len(batch) < WRITE_BATCH:
-                try:
-                    batch.append(self.outbox_reader.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            await self._write_batch(batch)
-        done.set()
+    def _write_soon(self) -> None:
+        """Start a writer if the outbox holds something and none runs: an idle connection has none."""
+        if self.outbox.items and not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._write_loop)
+
+    async def _write_loop(self) -> None:
+        try:
+            while self.outbox.items:
+                await self._write_batch(self.outbox.take(WRITE_BATCH))
+        finally:
+            self._writing = False  # no checkpoint since the outbox was seen empty: nothing is left behind
+            if self._drained is not None:
+                self._drained.set()
 
     async def _write_batch(self, batch: list[bytes | Element]) -> None:
         session = self.session
@@ -674,7 +716,5 @@ class Connection:
         return state.request_pending
 
     def _push_bytes(self, data: bytes) -> None:
-        try:
-            self.outbox.send_nowait(data)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # a full outbox has its own remedy (the session is closed as too slow)
+        if self.outbox.put(data):  # a full outbox has its own remedy (the session is closed as too slow)
+            self._write_soon()
