@@ -52,6 +52,9 @@ class C2SService:
         self._trim_pending = False
         self._last_trim = -math.inf
         server.add_stream_feature(sm.stream_feature)
+        # Shared by every connection's settings (features register their namespaces before this).
+        self.preauth_namespaces = frozenset(server.preauth)
+        self.nonza_namespaces = frozenset({ns.SM, *server.nonza})
 
     # ---- memory of idle connections ---------------------------------------------------------------
     #
@@ -277,8 +280,8 @@ class Connection:
             tls_available=self.service.tls is not None, tls_required=config.require_tls,
             max_stanza_bytes=config.limits.max_stanza_bytes, max_depth=config.limits.max_depth,
             channel_binding=self.service.channel_binding,
-            preauth_namespaces=frozenset(server.preauth),
-            nonza_namespaces=frozenset({ns.SM, *server.nonza}),
+            preauth_namespaces=self.service.preauth_namespaces,
+            nonza_namespaces=self.service.nonza_namespaces,
             extra_features=lambda stage: server.features_for(stage, self.session),
             auth_allowed=self.auth.allowed,
         )

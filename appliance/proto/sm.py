@@ -7,8 +7,6 @@ got, and everything after that is sent again.
 
 from __future__ import annotations
 
-from collections import deque
-
 from lxml import etree
 
 from appliance.proto import ns
@@ -20,13 +18,15 @@ REQUEST = f"<r xmlns='{ns.SM}'/>".encode()
 
 
 class StreamManagement:
+    __slots__ = ("id", "max_resume", "handled", "sent", "acked", "unacked", "counting", "request_pending")
+
     def __init__(self, resumption_id: str | None, max_resume: int) -> None:
         self.id = resumption_id          # None: acks only, no resumption
         self.max_resume = max_resume     # seconds the session is kept after the link breaks
         self.handled = 0                 # stanzas received from the client and fully handled
         self.sent = 0                    # stanzas handed to the transport since <enabled/>
         self.acked = 0                   # the client's last h
-        self.unacked: deque[Element] = deque()
+        self.unacked: list[Element] = []  # oldest first; a list, as few are ever waiting
         self.counting = False            # set once <enabled/> itself has been written
         self.request_pending = False
 
@@ -50,14 +50,15 @@ class StreamManagement:
                               f"handled-count-too-high: h={h} but only {self.sent} stanzas were sent")
         self.acked = h
         self.request_pending = False
-        return [self.unacked.popleft() for _ in range(count)]
+        acknowledged = self.unacked[:count]
+        del self.unacked[:count]
+        return acknowledged
 
     def resume_from(self, h: int) -> list[Element]:
         """On resumption: drop what the client says it has, return the rest to send again, and
         count from h (the retransmitted stanzas are counted anew as they are sent)."""
         self.ack(h)
-        again = list(self.unacked)
-        self.unacked.clear()
+        again, self.unacked = self.unacked, []
         self.sent = h
         return again
 
