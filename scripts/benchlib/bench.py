@@ -195,7 +195,7 @@ class Bench:
                 self.results.setdefault("startup", {}).setdefault(name, {"rss": start_rss})
                 figures = _run(phase.run, server)
                 figures["rss_at_start"] = start_rss
-            except (load.XmppError, trio.TooSlowError, OSError, TimeoutError, ExceptionGroup) as exc:
+            except Exception as exc:   # noqa: BLE001 - any failure of one phase is reported; the run goes on
                 figures = {"error": _describe(exc)}
                 self.problems.append(f"{phase.key} on {name}: {figures['error']}")
             finally:
@@ -237,6 +237,9 @@ def notes(figures: dict[str, Any]) -> list[str]:
         out.append(f"{figures['missing']} presence deliveries missing")
     if figures.get("failed"):
         out.append(f"{figures['failed']} logins failed, e.g. {(figures.get('failures') or ['?'])[0]}")
+    if figures.get("dropped_sessions"):
+        out.append(f"{figures['dropped_sessions']} sessions ended by the server or lost during the scenario, e.g. "
+                   f"{figures['dropped_examples'][0]}")
     if figures.get("close_errors"):
         out.append(f"{figures['close_errors']} sessions ended badly after the client's </stream:stream>, e.g. "
                    f"{figures['close_error_examples'][0]}")
@@ -417,7 +420,7 @@ def raw_numbers(results: dict[str, dict[str, Any]]) -> str:
         for name, figures in by_server.items():
             parts = []
             for k, v in figures.items():
-                if k in ("then", "log_warnings", "failures", "close_error_examples") or v is None:
+                if k in ("then", "log_warnings", "failures", "close_error_examples", "dropped_examples") or v is None:
                     continue
                 if isinstance(v, float):
                     v = f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"

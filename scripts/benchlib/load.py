@@ -107,7 +107,8 @@ class Session:
         elif what in ("message", "presence") and self.on_stanza is not None:
             self.on_stanza(self, element, now)
         elif what == "{http://etherx.jabber.org/streams}error":
-            raise XmppError(f"{self.username}: stream error {[local(c) for c in element]}")
+            text = " ".join(filter(None, (c.text for c in element)))
+            raise XmppError(f"stream error {'/'.join(local(c) for c in element)}" + (f": {text}" if text else ""))
 
     async def iq(self, iq_id: str, xml: str, timeout: float = 60.0) -> Element:
         """Send an IQ request and wait for its answer (the reader must be running)."""
@@ -153,7 +154,8 @@ class Crowd:
         self.nursery = nursery
         self.limit = trio.CapacityLimiter(concurrency)
         self.sessions: list[Session] = []
-        self.failures: list[str] = []
+        self.failures: list[str] = []      # logins that failed
+        self.dropped: list[str] = []       # sessions that ended after their login, before we closed them
         self.close_errors: list[str] = []   # what went wrong after we sent </stream:stream>
 
     async def open(self, sessions: list[Session], **login: Any) -> float:
@@ -183,7 +185,10 @@ class Crowd:
             if session.closing:
                 self.close_errors.append(f"{session.username} while closing: {exc}")
             else:
-                self.failures.append(f"{session.username} after login: {exc}")
+                self.dropped.append(f"{session.username}: {exc}")
+
+    def dropped_figures(self) -> dict[str, Any]:
+        return {"dropped_sessions": len(self.dropped), "dropped_examples": self.dropped[:3]}
 
     def alive(self) -> int:
         return sum(not s.closed for s in self.sessions)
@@ -327,6 +332,7 @@ async def idle(server: Server, users: list[str], tls: bool, settle: float,
         await meter.start()
         await trio.sleep(settle)
         window = await meter.stop()
+        figures.update(crowd.dropped_figures())
         figures.update(
             sessions=crowd.alive(), failed=len(crowd.failures), failures=crowd.failures[:5],
             rss_after=window["rss_bytes"], idle_cpu_share=window["server_cpu_share"],
@@ -422,6 +428,7 @@ async def messages(server: Server, pairs: int, rate: float, seconds: float, no_s
                 await trio.sleep(0.01)
         figures["drain_seconds"] = trio.current_time() - sent_at
         window = await meter.stop()
+        figures.update(crowd.dropped_figures())
         count_after = await archive_count(receivers[0])
         await crowd.close()
         nursery.cancel_scope.cancel()
@@ -479,6 +486,8 @@ async def presence(server: Server, hub: str, contacts: list[str], updates: int, 
         figures["saw_hub_online"] = len(seen_initial)
         await trio.sleep(2.0)
         hub_session = hub_crowd.sessions[0]
+        if hub_session.closed:
+            raise XmppError(f"the hub's session ended before the measurement: {hub_crowd.dropped}")
         meter = Meter(server)
         await meter.start()
         sent: dict[int, float] = {}
@@ -486,11 +495,16 @@ async def presence(server: Server, hub: str, contacts: list[str], updates: int, 
         for number in range(1, updates + 1):
             await trio.sleep_until(start + (number - 1) * spacing)
             sent[number] = trio.current_time()
-            await hub_session.client.send(f"<presence><show>away</show><status>update {number}</status></presence>")
+            try:
+                await hub_session.client.send(f"<presence><show>away</show><status>update {number}</status>"
+                                              "</presence>")
+            except XmppError as exc:
+                raise XmppError(f"the hub's session ended during the measurement ({exc}): {hub_crowd.dropped}")
         with trio.move_on_after(drain):
             while sum(len(arrivals[n]) for n in sent) < updates * len(contacts):
                 await trio.sleep(0.01)
         window = await meter.stop()
+        figures.update(crowd.dropped_figures())
         await crowd.close()
         await hub_crowd.close()
         nursery.cancel_scope.cancel()

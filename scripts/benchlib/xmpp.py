@@ -160,7 +160,8 @@ class Client:
 
     async def send(self, xml: str | bytes) -> None:
         data = xml.encode() if isinstance(xml, str) else xml
-        assert self.stream is not None
+        if self.stream is None:
+            raise XmppError("not connected (the connection was closed)")
         async with self.send_lock:
             self.plain_sent += len(data)
             if self.trace is not None:
