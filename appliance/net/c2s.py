@@ -23,6 +23,7 @@ from lxml import etree
 from appliance.core.server import Server
 from appliance.core.session import Session
 from appliance.net import sm
+from appliance.net.transport import Due, Transport
 from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import InvalidJID
@@ -156,55 +157,6 @@ async def _refuse(stream: trio.SocketStream, domain: str, direct_tls: bool) -> N
     await trio.aclose_forcefully(stream)
 
 
-class _Due(Exception):
-    """The read loop's deadline passed before any byte arrived."""
-
-
-class _Transport(trio.abc.Stream):
-    """The TCP stream, with the read loop's deadline applied to its reads.
-
-    The deadline acts here, under TLS, rather than by cancelling SSLStream.receive_some: a TLS read
-    cancelled while it sends (a KeyUpdate reply, an alert) loses those bytes, whereas a socket read
-    that times out has consumed nothing, and the TLS layer above sees only an exception (_Due)
-    between two records and stays usable. It applies to the reader task only: a TLS write that
-    has to read (a TLS 1.2 renegotiation) waits as long as it takes.
-    """
-
-    __slots__ = ("inner", "deadline", "reader", "_scope")
-
-    def __init__(self, inner: trio.SocketStream) -> None:
-        self.inner = inner
-        self.deadline = math.inf
-        self.reader: trio.lowlevel.Task | None = None
-        self._scope: trio.CancelScope | None = None
-
-    def wake_by(self, deadline: float) -> None:
-        """Bring the deadline forward, also for a read already waiting (called from other tasks)."""
-        if deadline < self.deadline:
-            self.deadline = deadline
-            if self._scope is not None:
-                self._scope.deadline = deadline
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if trio.lowlevel.current_task() is not self.reader:
-            return await self.inner.receive_some(max_bytes)
-        try:
-            with trio.CancelScope(deadline=self.deadline) as self._scope:
-                return await self.inner.receive_some(max_bytes)
-        finally:
-            self._scope = None
-        raise _Due
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 class _Outbox:
     """What a session has yet to write, in order: stanzas, and bytes (stream management answers,
     the stream's end). Bounded: a full outbox means a client that reads too slowly."""
@@ -250,8 +202,8 @@ class Connection:
     def __init__(self, service: C2SService, stream: trio.SocketStream, address: str, direct_tls: bool) -> None:
         self.service = service
         self.server = service.server
-        self.transport = _Transport(stream)
-        self.stream: trio.abc.Stream = self.transport
+        self.transport = Transport(stream)
+        self.stream: trio.abc.Stream = self.transport  # plaintext, then TLS on the same socket
         self.address = address
         self.direct_tls = direct_tls
         self.session: Session | None = None
@@ -462,8 +414,7 @@ class Connection:
 
     async def _start_tls(self) -> None:
         assert self.service.tls is not None
-        self.stream = trio.SSLStream(self.stream, self.service.tls, server_side=True)
-        await self.stream.do_handshake()
+        await self.transport.start_tls(self.service.tls)
         log.debug("%s: TLS established", self.address)
 
     async def _bind(self, iq: Element, resource: str | None) -> None:
@@ -525,7 +476,7 @@ class Connection:
                 self.transport.deadline = self._next_deadline(trio.current_time())
                 try:
                     data = await self.stream.receive_some(READ_SIZE)
-                except _Due:
+                except Due:
                     if self._deadline_passed(trio.current_time()):
                         return
                     continue

@@ -1,0 +1,162 @@
+"""One client's TCP connection as a Trio stream, plaintext or TLS, read and written on the socket.
+
+TLS runs on the socket itself (an ssl.SSLSocket in non-blocking mode, waited on with Trio's
+wait_readable/wait_writable), not on memory BIOs as trio.SSLStream does: no two BIO buffers that
+keep the size of the largest burst for the life of the connection, no locks, and OpenSSL keeps
+what it has read or has still to write, so a read given up at a deadline loses nothing.
+
+The reader's deadline (Connection's timers) applies to its waits for bytes only: when it passes,
+receive_some raises Due between two reads, and the stream stays usable.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import socket
+import ssl
+
+import trio
+
+DEFAULT_READ = 65536
+_BUSY_POLL = 0.01  # the rare wait another task is already doing on the same socket and direction
+_READ, _WRITE = 1, 2
+
+
+class Due(Exception):
+    """The reader's deadline passed before any byte arrived."""
+
+
+class Transport(trio.abc.Stream):
+    __slots__ = ("sock", "deadline", "reader", "_scope", "_waiting")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        # Trio's socket gives its descriptor up; options set on it (TCP_NODELAY) stay.
+        self.sock: socket.socket = socket.socket(fileno=stream.socket.detach())
+        self.sock.setblocking(False)
+        self.deadline = math.inf
+        self.reader: trio.lowlevel.Task | None = None  # the task the deadline applies to
+        self._scope: trio.CancelScope | None = None
+        self._waiting = 0  # _READ and _WRITE: directions a task waits on the socket in
+
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket)
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Server-side TLS handshake on this socket (STARTTLS, or at once for direct TLS)."""
+        # Ragged EOFs (TCP closed without close_notify) are errors, as with trio.SSLStream.
+        self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False,
+                                        suppress_ragged_eofs=False)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                self.sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._wait_readable()
+            except ssl.SSLWantWriteError:
+                await self._wait_writable()
+            except OSError as exc:  # ssl.SSLError too
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def wake_by(self, deadline: float) -> None:
+        """Bring the deadline forward, also for a read already waiting (called from other tasks)."""
+        if deadline < self.deadline:
+            self.deadline = deadline
+            if self._scope is not None:
+                self._scope.deadline = deadline
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = self.sock.recv(max_bytes or DEFAULT_READ)  # TLS: what OpenSSL holds comes first
+                break
+            except (BlockingIOError, ssl.SSLWantReadError):
+                await self._wait_for_bytes()
+            except ssl.SSLWantWriteError:  # OpenSSL has to answer first (a TLS 1.3 KeyUpdate)
+                await self._wait_writable()
+            except ssl.SSLZeroReturnError:  # the client's close_notify
+                data = b""
+                break
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        while view:
+            try:
+                # TLS: after SSLWantWriteError OpenSSL wants the same bytes again, as here.
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                await self._wait_writable()
+            except ssl.SSLWantReadError:  # a renegotiation, which OpenSSL 3 refuses by default
+                await self._wait_readable()
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._wait_writable()
+
+    async def aclose(self) -> None:
+        """Close, after a TLS close_notify if that can be sent at once (not under aclose_forcefully,
+        like trio.SSLStream)."""
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self.tls and self.sock.fileno() >= 0:
+                try:
+                    self.sock.unwrap()  # sends close_notify; the client's need not be waited for
+                except (OSError, ValueError):  # want read/write, a broken link, or already closed
+                    pass
+        finally:
+            if self.sock.fileno() >= 0:
+                trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+    # ---- waiting on the socket --------------------------------------------------------------------
+
+    async def _wait_for_bytes(self) -> None:
+        """The reader waits until its deadline (Due), others as long as it takes."""
+        if trio.lowlevel.current_task() is not self.reader:
+            await self._wait_readable()
+            return
+        with trio.CancelScope(deadline=self.deadline) as self._scope:
+            try:
+                await self._wait_readable()
+            finally:
+                self._scope = None
+            return
+        raise Due
+
+    async def _wait_readable(self) -> None:
+        await self._wait(_READ)
+
+    async def _wait_writable(self) -> None:
+        await self._wait(_WRITE)
+
+    async def _wait(self, direction: int) -> None:
+        # Trio lets one task at a time wait on a socket in one direction; a second one (the writer
+        # when a TLS write has to read, while the reader waits anyway) polls instead.
+        if self._waiting & direction:
+            await trio.sleep(_BUSY_POLL)
+            return
+        self._waiting |= direction
+        try:
+            if direction == _READ:
+                await trio.lowlevel.wait_readable(self.sock)
+            else:
+                await trio.lowlevel.wait_writable(self.sock)
+        finally:
+            self._waiting &= ~direction
+
+
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno == errno.EBADF:  # closed under us
+        return trio.ClosedResourceError("the socket was closed")
+    return trio.BrokenResourceError(str(exc))

@@ -1,0 +1,209 @@
+"""appliance/net/transport.py in-process, over socket pairs: plaintext and TLS on the socket, the
+reader's deadline (Due) that loses nothing, big writes, and the ways a connection ends."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from appliance.net import certs
+from appliance.net.transport import Due, Transport
+
+DOMAIN = "transport.test"
+
+
+@pytest.fixture(scope="module")
+def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    certs.ensure_certificate(cert, key, DOMAIN)
+    return certs.server_context(cert, key), ssl.create_default_context(cafile=str(Path(cert)))
+
+
+async def pair(contexts=None) -> tuple[Transport, trio.abc.Stream]:
+    """The server's Transport and a client stream (trio's own SSLStream when TLS)."""
+    a, b = trio.socket.socketpair()
+    server, client = Transport(trio.SocketStream(a)), trio.SocketStream(b)
+    if contexts is None:
+        return server, client
+    client = trio.SSLStream(client, contexts[1], server_hostname=DOMAIN)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.start_tls, contexts[0])
+        nursery.start_soon(client.do_handshake)
+    assert server.tls
+    return server, client
+
+
+async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some()
+        assert chunk, "closed early"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_both_ways(contexts, tls):
+    async def main():
+        server, client = await pair(contexts if tls else None)
+        await client.send_all(b"<presence/>")
+        assert await server.receive_some() == b"<presence/>"
+        await server.send_all(b"<message/>")
+        assert await client.receive_some() == b"<message/>"
+        await server.aclose()
+
+    trio.run(main)
+
+
+class Halting(trio.abc.Stream):
+    """The client's TCP stream; can stop one write halfway until `go` is set."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner, self.halt_after, self.halted, self.go = inner, None, trio.Event(), trio.Event()
+
+    async def send_all(self, data) -> None:
+        if self.halt_after is not None:
+            first, data, self.halt_after = data[:self.halt_after], data[self.halt_after:], None
+            await self.inner.send_all(first)
+            self.halted.set()
+            await self.go.wait()
+        await self.inner.send_all(data)
+
+    async def receive_some(self, max_bytes=None):
+        return await self.inner.receive_some(max_bytes)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_deadline_raises_due_and_loses_nothing(contexts, tls):
+    """Half a TLS record arrives, the deadline passes, the rest arrives: OpenSSL kept the half."""
+    async def main():
+        a, b = trio.socket.socketpair()
+        server, wire = Transport(trio.SocketStream(a)), Halting(trio.SocketStream(b))
+        client: trio.abc.Stream = wire
+        if tls:
+            client = trio.SSLStream(wire, contexts[1], server_hostname=DOMAIN)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.start_tls, contexts[0])
+                nursery.start_soon(client.do_handshake)
+        server.reader = trio.lowlevel.current_task()
+        server.deadline = trio.current_time() + 0.05
+        with pytest.raises(Due):
+            await server.receive_some()
+        record = b"x" * 3000
+        wire.halt_after = 1000
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, record)
+            await wire.halted.wait()
+            got = b""
+            if not tls:
+                got = await server.receive_some()  # plaintext: the first 1000 bytes are simply there
+            server.deadline = trio.current_time() + 0.05
+            with pytest.raises(Due):
+                await server.receive_some()
+            wire.go.set()
+            server.deadline = trio.current_time() + 5
+            got += await read_exactly(server, len(record) - len(got))
+        assert got == record
+        server.reader = None
+
+    trio.run(main)
+
+
+def test_wake_by_ends_a_waiting_read_sooner(contexts):
+    async def main():
+        server, client = await pair(contexts)
+        outcome = []
+
+        async def reader():
+            server.reader = trio.lowlevel.current_task()
+            server.deadline = trio.current_time() + 60
+            try:
+                await server.receive_some()
+            except Due:
+                outcome.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            server.wake_by(started + 0.05)
+        assert outcome and outcome[0] - started < 5
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_big_writes_both_ways_at_once(contexts, tls):
+    """2 MiB each way at once, far more than the socket buffers hold, the client reading slowly:
+    partial writes, and reads and writes of one TLS connection interleaved."""
+    async def main():
+        server, client = await pair(contexts if tls else None)
+        blob = bytes(range(256)) * 8192
+        got = {}
+
+        async def drain(name, stream, size):
+            data = b""
+            while len(data) < len(blob):
+                data += await stream.receive_some(size)
+                await trio.sleep(0)
+            got[name] = data
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, "client", client, 7000)
+            nursery.start_soon(drain, "server", server, 65536)
+            nursery.start_soon(server.send_all, blob)
+            await client.send_all(blob)
+        assert got == {"client": blob, "server": blob}
+
+    trio.run(main)
+
+
+def test_close_notify_reads_as_the_end_and_aclose_sends_one(contexts):
+    async def main():
+        server, client = await pair(contexts)
+        await client.aclose()  # close_notify, then the TCP close
+        assert await server.receive_some() == b""
+        server2, client2 = await pair(contexts)
+        await server2.aclose()
+        assert await client2.receive_some() == b""  # a clean end for the client, not an error
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_cut_link_is_a_broken_resource_over_tls_and_an_end_in_plaintext(contexts, tls):
+    async def main():
+        server, client = await pair(contexts if tls else None)
+        raw = client.transport_stream if tls else client
+        await trio.aclose_forcefully(raw)  # TCP close without close_notify
+        if tls:
+            with pytest.raises(trio.BrokenResourceError):
+                await server.receive_some()
+        else:
+            assert await server.receive_some() == b""
+        await trio.aclose_forcefully(server)
+        assert server.sock.fileno() == -1
+
+    trio.run(main)
+
+
+def test_a_failed_handshake_is_a_broken_resource(contexts):
+    async def main():
+        a, b = trio.socket.socketpair()
+        server = Transport(trio.SocketStream(a))
+        await trio.SocketStream(b).send_all(b"<stream:stream>  not TLS at all" * 10)
+        with pytest.raises(trio.BrokenResourceError):
+            await server.start_tls(contexts[0])
+
+    trio.run(main)
