@@ -12,7 +12,6 @@ import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -521,11 +520,8 @@ async def presence(server: Server, hub: str, contacts: list[str], updates: int, 
 
 
 def write_log_tail(server: Server, lines: int = 5) -> list[str]:
-    """The last warnings and errors of a server's log, for the report."""
-    try:
-        text = Path(server.log).read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    bad = [line for line in text if any(w in line for w in ("ERROR", "WARNING", "Traceback", "\terror\t", "\twarn\t"))
+    """The last warnings and errors this server process logged, for the report."""
+    bad = [line for line in server.new_log_lines()
+           if any(w in line for w in ("ERROR", "WARNING", "Traceback", "\terror\t", "\twarn\t"))
            and "Received SIGTERM" not in line]
     return bad[-lines:]

@@ -101,23 +101,17 @@ STATS = re.compile(r"\bstats (\{.*\})\s*$")
 def appliance_stats(pid: int, log: Path, timeout: float = 10.0) -> dict[str, int]:
     """Send SIGUSR1 and wait for the new `stats {...}` line in the log; its counters (cumulative
     since the server started). Raises TimeoutError if no new line appears."""
-    before = len(_stats_lines(log))
+    start = log.stat().st_size if log.exists() else 0
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = _stats_lines(log)
-        if len(lines) > before:
-            return json.loads(STATS.search(lines[-1]).group(1))  # type: ignore[union-attr]
+        with open(log, "rb") as f:
+            f.seek(start)
+            found = [m for line in f.read().decode(errors="replace").splitlines() if (m := STATS.search(line))]
+        if found:
+            return json.loads(found[-1].group(1))
         time.sleep(0.02)
     raise TimeoutError(f"no stats line in {log} within {timeout:.0f} s of SIGUSR1")
-
-
-def _stats_lines(log: Path) -> list[str]:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if STATS.search(line)]
 
 
 # ---- the machine -----------------------------------------------------------------------------------

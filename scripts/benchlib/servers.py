@@ -71,6 +71,16 @@ class Server:
     endpoint: Endpoint
     proc: subprocess.Popen
     log: Path
+    log_start: int = 0    # the log's size when this process started: logs are appended across restarts
+
+    def new_log_lines(self) -> list[str]:
+        """What this server process has written to its log."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.log_start)
+                return f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to our own child by PID, then SIGKILL if it will not go."""
@@ -113,9 +123,10 @@ def start_appliance(workdir: Path, cert: Path, key: Path, accounts: dict[str, st
             raise SetupError(f"appliance user add {name}: {result.stderr.strip()}")
     log = workdir / "appliance.log"
     with open(log, "ab") as out:
+        log_start = out.tell()
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    return _started(Server("appliance", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log), port)
+    return _started(Server("appliance", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log, log_start), port)
 
 
 def _started(server: Server, port: int) -> Server:
@@ -261,7 +272,8 @@ def start_prosody(workdir: Path, cert: Path, key: Path, accounts: dict[str, str]
         if result.returncode != 0:
             raise SetupError(f"prosodyctl register {name}: {(result.stdout + result.stderr).strip()}")
     log = workdir / "prosody.log"
+    log_start = log.stat().st_size if log.exists() else 0
     with open(workdir / "prosody.out", "ab") as out:
         proc = subprocess.Popen(["prosody", "-F", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=workdir)
-    return _started(Server("prosody", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log), port)
+    return _started(Server("prosody", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log, log_start), port)
