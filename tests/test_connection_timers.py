@@ -131,3 +131,47 @@ def test_a_silent_client_gets_its_parser_released_and_rebuilt_transparently(fres
         assert releases_after(server, released)  # silent again: released again
     client.send("<message><y:undeclared/></message>")  # the rebuilt parser still checks prefixes
     assert b"bad-namespace-prefix" in stream_error(client.read_to_close(timeout=5))
+
+
+# ---- a write that fails ---------------------------------------------------------------------------
+
+# The server with socket writes that fail once, for the first write that carries FAIL-ONCE.
+_FAILING_WRITE = "\n".join([
+    "import sys, trio, appliance.net.transport as transport",
+    "original, failed = transport.Transport.send_all, []",
+    "async def send_all(self, data):",
+    "    if b'FAIL-ONCE' in bytes(data) and not failed:",
+    "        failed.append(1)",
+    "        raise trio.BrokenResourceError('a write failed (test)')",
+    "    await original(self, data)",
+    "transport.Transport.send_all = send_all",
+    "from appliance.cli import main",
+    "raise SystemExit(main(sys.argv[1:]))",
+])
+
+
+def test_a_failed_write_ends_the_connection_and_the_session_hibernates(fresh_server: ServerProcess) -> None:
+    """The writer runs outside the connection's reader: its failure must still end the connection
+    as a lost link (hibernation, nothing lost), not go unnoticed or take anything else down."""
+    fresh_server.python_args = ["-c", _FAILING_WRITE]
+    server = fresh_server.start()
+    server.add_user("writer")
+    phone = server.add_user("writephone")
+    a = RawClient(server).open()
+    a.login("writer")
+    b = RawClient(server).open()
+    b.login("writephone", resource="phone")
+    b.send(f"<enable xmlns='{SM}' resume='true'/>")
+    previd = b.read_until(b"/>").split(b"id='", 1)[1].split(b"'", 1)[0].decode()
+    a.send(f"<message to='{phone}/phone' type='chat' id='f1'><body>FAIL-ONCE</body></message>")
+    assert server.logged("connection lost (BrokenResourceError)", timeout=5)
+    assert server.logged("link lost; session kept", timeout=5)
+    again = RawClient(server).open()
+    again.authenticate("writephone")
+    again.header()
+    again.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+    assert b"<resumed" in again.read_until(b"/>")
+    assert b"FAIL-ONCE" in again.read_until(b"</message>")  # sent again after the failed write
+    a.send(f"<iq type='get' id='p' to='{server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert b'type="result"' in a.read_until(b'id="p"/>')  # the rest of the server carries on
+    assert "internal error" not in server.log_text()

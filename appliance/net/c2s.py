@@ -60,21 +60,26 @@ class C2SService:
     # ---- memory of idle connections ---------------------------------------------------------------
     #
     # A silent connection releases its XML parser (StreamParser.release), but glibc keeps freed
-    # memory inside its heap, resident, until malloc_trim: that runs here, a while after the first
-    # release and at most once a minute (it takes milliseconds).
+    # memory inside its heap, resident, until malloc_trim: that runs here, in a worker thread, a
+    # while after the first release and at most once a minute (it takes milliseconds).
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """The service's nursery (app.py's), for tasks that outlive no connection but belong to none
+        alone: writers, hibernating sessions, the memory trim."""
+        return self.hibernation.nursery
 
     def parser_released(self) -> None:
-        nursery = self.hibernation.nursery
-        if not self._trim_pending and nursery is not None:
+        if not self._trim_pending and self.nursery is not None:
             self._trim_pending = True
-            nursery.start_soon(self._trim_later)
+            self.nursery.start_soon(self._trim_later)
 
     async def _trim_later(self) -> None:
         await trio.sleep_until(max(trio.current_time() + TRIM_DELAY, self._last_trim + TRIM_EVERY))
         self._trim_pending = False
         self._last_trim = trio.current_time()
         started = time.perf_counter()
-        _malloc_trim()
+        await trio.to_thread.run_sync(_malloc_trim)  # the event loop goes on meanwhile
         log.debug("gave freed memory back to the system in %.1f ms", (time.perf_counter() - started) * 1000)
 
     async def listen(self, port: int, *, direct_tls: bool,
@@ -220,8 +225,10 @@ class Connection:
         self.resumed_elsewhere = False    # XEP-0198: another connection took the session over
         self.auth = self.server.auth.for_connection(address)
         self.outbox = _Outbox(self.server.config.limits.outbox_stanzas)
-        self._nursery: trio.Nursery | None = None  # the bound connection's, for its writer
+        self._serving = False                      # bound and not closing: writers may start
         self._writing = False                      # a writer task is draining the outbox
+        self._writer_scope: trio.CancelScope | None = None  # the running writer's
+        self._write_error: Exception | None = None  # what ended the writer, for the reader to raise
         self._drained: trio.Event | None = None    # set when the writer stops, once the stream closes
         self.proto = c2s.C2SStream(self._settings(), tls_active=direct_tls)
 
@@ -267,21 +274,38 @@ class Connection:
             await self._finish()
 
     async def _serve_bound(self) -> None:
+        self._serving = True
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._write_soon()  # what a resumption sends again, what features sent at bind
-                with self.reader_scope:
-                    await self._read_loop()
-                self._end_stream()
-                self.outbox.close()
-                if self._writing:
-                    self._drained = trio.Event()
-                    with trio.move_on_after(GOODBYE_SECONDS):
-                        await self._drained.wait()
-                nursery.cancel_scope.cancel()
+            self._write_soon()  # what a resumption sends again, what features sent at bind
+            with self.reader_scope:
+                await self._read_loop()
+            self._raise_write_error()
+            self._end_stream()
+            self.outbox.close()
+            await self._stop_writer(GOODBYE_SECONDS)
+            self._raise_write_error()
         finally:
-            self._nursery = None
+            self._serving = False
+
+    async def _stop_writer(self, patience: float) -> None:
+        """Let a running writer drain the outbox for up to `patience` seconds, then stop it, and
+        return once it has stopped: what it never wrote is then settled (see _unwritten)."""
+        if not self._writing:
+            return
+        if self._drained is None:
+            self._drained = trio.Event()
+        with trio.move_on_after(patience):
+            await self._drained.wait()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        with trio.CancelScope(shield=True):  # it stops at its next checkpoint, i.e. at once
+            await self._drained.wait()
+
+    def _raise_write_error(self) -> None:
+        """A writer's failure (a lost link; a bug) ends the connection as the reader's would."""
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            raise error
 
     def _end_stream(self) -> None:
         if self.close_error is not None:
@@ -309,6 +333,7 @@ class Connection:
 
     async def _finish(self) -> None:
         with trio.CancelScope(shield=True):
+            await self._stop_writer(0)  # if the connection was cancelled from outside (shutdown)
             if self.session is None:
                 await self._goodbye_before_bind()
             elif self.resumed_elsewhere:
@@ -617,17 +642,25 @@ class Connection:
             await self._push_wait(failed_xml("unexpected-request"))
 
     def _write_soon(self) -> None:
-        """Start a writer if the outbox holds something and none runs: an idle connection has none."""
-        if self.outbox.items and not self._writing and self._nursery is not None:
+        """Start a writer if the outbox holds something and none runs: an idle connection has none.
+        It runs in the service's nursery (a nursery per connection would cost every idle one), so
+        it hands its failure to the reader, and the reader waits for it before going."""
+        if self.outbox.items and not self._writing and self._serving and self.service.nursery is not None:
             self._writing = True
-            self._nursery.start_soon(self._write_loop)
+            self._writer_scope = trio.CancelScope()
+            self.service.nursery.start_soon(self._write_loop)
 
     async def _write_loop(self) -> None:
         try:
-            while self.outbox.items:
-                await self._write_batch(self.outbox.take(WRITE_BATCH))
+            with self._writer_scope:
+                while self.outbox.items:
+                    await self._write_batch(self.outbox.take(WRITE_BATCH))
+        except Exception as error:  # a lost link, or a bug: the reader raises it (CONNECTION_LOST, ...)
+            self._write_error = error
+            self.reader_scope.cancel()
         finally:
             self._writing = False  # no checkpoint since the outbox was seen empty: nothing is left behind
+            self._writer_scope = None
             if self._drained is not None:
                 self._drained.set()
 
