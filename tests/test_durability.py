@@ -90,3 +90,35 @@ def _drain(client: RawClient) -> bytes:
         return client.read_to_close(timeout=15)
     except StreamClosed:
         return client.buffer
+
+
+def test_a_roster_bigger_than_the_outbox_does_not_look_like_a_slow_reader(fresh_server: ServerProcess) -> None:
+    """The answers to one's own initial presence (one per online contact) are a burst the client
+    caused itself: they wait for room in its outbox instead of closing it as too slow."""
+    from appliance.store import roster
+    from appliance.store.db import Database
+    contacts = 12
+    fresh_server.settings = {"limits.outbox_stanzas": 5}
+    fresh_server.start()
+    hub = fresh_server.add_user("hub")
+    names = [fresh_server.add_user(f"c{i}").split("@")[0] for i in range(contacts)]
+    with Database.open(fresh_server.data / "appliance.sqlite3") as db:
+        for name in names:
+            db.write_sync(roster.set_item, "hub", roster.RosterItem(f"{name}@{fresh_server.domain}", subscription="both"))
+            db.write_sync(roster.set_item, name, roster.RosterItem(hub, subscription="both"))
+    online = []
+    for name in names:
+        client = RawClient(fresh_server).open()
+        client.login(name)
+        client.send("<presence/>")
+        _ping_server(client, fresh_server, f"p-{name}")
+        online.append(client)
+    me = RawClient(fresh_server).open()
+    me.login("hub")
+    me.send("<presence/>")
+    me.send(f"<iq type='get' id='after' to='{fresh_server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = me.read_until(b'id="after"').decode()  # still connected: every answer came before this
+    assert all(f'from="{name}@{fresh_server.domain}/raw"' in got for name in names), got
+    assert not fresh_server.logged("not reading (outbox full)", timeout=0.5)
+    for client in online + [me]:
+        client.close()

@@ -45,6 +45,9 @@ class Routed:
     # Database writes a handler queued (db.write_soon) to ride along with the next commit; the
     # router settles them before the stanza counts as handled (and is acknowledged to its sender).
     writes: list[Any] = field(default_factory=list)
+    # Part of a burst its recipient caused itself (the answers to its own initial presence's
+    # probes): delivery waits for room in the outbox instead of closing the session as too slow.
+    patient: bool = False
 
     @property
     def payload(self) -> Element | None:

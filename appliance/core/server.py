@@ -187,7 +187,8 @@ class Server:
 
     # ---- routing ----------------------------------------------------------------------------------
 
-    async def route(self, el: Element, origin: Session | None = None, receipt: int | None = None) -> None:
+    async def route(self, el: Element, origin: Session | None = None, receipt: int | None = None, *,
+                    patient: bool = False) -> None:
         kind = kind_of(el)
         if kind is None:
             return
@@ -201,7 +202,7 @@ class Server:
         except InvalidJID as exc:
             return await self._bounce(el, origin, StanzaError("jid-malformed", str(exc)))
         target = classify(to, sender, self.domain)
-        routed = Routed(el, kind, el.get("type"), sender, to, target, origin, receipt)
+        routed = Routed(el, kind, el.get("type"), sender, to, target, origin, receipt, patient=patient)
         try:
             await self._dispatch(routed)
         finally:

@@ -164,10 +164,20 @@ async def _deliver_inbound(server: Server, routed: Routed) -> None:
         assert routed.to is not None
         session = server.sessions.get(routed.to)
         if session is not None:
-            server.deliver(session, routed.el)
+            await _deliver(server, session, routed)
         return  # §8.5.3.2.1: presence to a resource that is not there is dropped
     # §8.5.2.1.1: to the bare JID, every available resource; nobody available, nobody to tell.
     for session in server.sessions.available(routed.to_bare):
+        await _deliver(server, session, routed)
+
+
+async def _deliver(server: Server, session: Session, routed: Routed) -> None:
+    """A probe's answers to a user with a big roster can outnumber the outbox's stanzas: they are
+    delivered patiently, in the prober's own reader; an inactive client's (XEP-0352) gate takes
+    them as usual. Anything else is never waited for: one slow reader must not stall others."""
+    if routed.patient and session.gate is None:
+        await server.deliver_patiently(session, routed.el)
+    else:
         server.deliver(session, routed.el)
 
 
@@ -183,10 +193,10 @@ async def answer_probe(server: Server, prober: JID, contact: JID) -> None:
             return
     sessions = server.sessions.available(contact)
     if not sessions:
-        await server.route(make("presence", to=prober, from_=contact, type_="unavailable"))
+        await server.route(make("presence", to=prober, from_=contact, type_="unavailable"), patient=True)
     for session in sessions:
         assert session.presence is not None
-        await server.route(addressed(session.presence, prober))
+        await server.route(addressed(session.presence, prober), patient=True)
 
 
 # ---- helpers for features/subscription.py and features/roster.py --------------------------------
