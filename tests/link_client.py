@@ -102,7 +102,9 @@ class LinkClient(slixmpp.ClientXMPP):
             return
         emit("stalled")
         self.down_since = time.monotonic()
-        if self.transport is not None:
+        # A transport that is already closing would never report its end again (suspected cause
+        # of a phone that stopped reconnecting for good in one CI run): start a new attempt then.
+        if self.transport is not None and not self.transport.is_closing():
             self.abort()
         else:
             self.connect(self.args.host, self.args.port)
