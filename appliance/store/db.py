@@ -84,6 +84,11 @@ def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
     conn.execute("RELEASE job")
 
 
+def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    for job in batch:
+        _run_job(conn, job)
+
+
 class Database:
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         self.path = path
@@ -193,7 +198,7 @@ class Database:
         with self._lock:
             try:
                 self._check_open()
-                _transaction(self._writer, "BEGIN IMMEDIATE", lambda conn: [_run_job(conn, j) for j in batch], ())
+                _transaction(self._writer, "BEGIN IMMEDIATE", _run_jobs, (batch,))
             except BaseException as error:  # nothing of the batch committed: every call learns why
                 for job in batch:
                     job.error = error

@@ -15,24 +15,19 @@ def store_message(conn: sqlite3.Connection, user: str, stanza_xml: bytes, stamp:
     """Store one message; returns its id. Raises OfflineFull, or NoSuchUser for an unknown account."""
     if count_messages(conn, user) >= limit:
         raise OfflineFull(f"{user} has {limit} offline messages already")
-    try:
-        cursor = conn.execute(
-            "INSERT INTO offline_messages (username, stamp, stanza) VALUES (?, ?, ?)",
-            (user, stamp, bytes(stanza_xml)),
-        )
-    except sqlite3.IntegrityError:  # the only constraint an insert can break: no such account
-        raise NoSuchUser(user) from None
-    return cursor.lastrowid
+    return insert_message(conn, None, user, stanza_xml, stamp)
 
 
-def insert_message(conn: sqlite3.Connection, id_: int, user: str, stanza_xml: bytes, stamp: float) -> None:
-    """Store one message under an id the caller allocated (`last_id` + 1 onwards), so the caller
-    can hand out its receipt before the row is committed. NoSuchUser for an unknown account."""
+def insert_message(conn: sqlite3.Connection, id_: int | None, user: str, stanza_xml: bytes, stamp: float) -> int:
+    """Store one message, unchecked against the limit; returns its id. The caller may allocate the
+    id (`last_id` + 1 onwards) to hand out its receipt before the row is committed; None lets
+    SQLite choose. NoSuchUser for an unknown account."""
     try:
-        conn.execute("INSERT INTO offline_messages (id, username, stamp, stanza) VALUES (?, ?, ?, ?)",
-                     (id_, user, stamp, bytes(stanza_xml)))
+        cursor = conn.execute("INSERT INTO offline_messages (id, username, stamp, stanza) VALUES (?, ?, ?, ?)",
+                              (id_, user, stamp, bytes(stanza_xml)))
     except sqlite3.IntegrityError:  # the foreign key: ids are never reused (see last_id)
         raise NoSuchUser(user) from None
+    return cursor.lastrowid
 
 
 def last_id(conn: sqlite3.Connection) -> int:
