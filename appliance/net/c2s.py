@@ -579,22 +579,21 @@ class Connection:
         return max(asked + keepalive.ping_timeout, self.last_heard + keepalive.ping_interval)
 
     def _keepalive_due(self, now: float) -> bool:
-        """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead."""
-        keepalive, asked = self.server.config.keepalive, self._ping_asked
-        if asked is not None:
-            if now < asked + keepalive.ping_timeout:
-                return False
-            if self.last_heard < asked:
-                log.info("%s: no answer to ping in %.0f s; the link is dead", self.who, keepalive.ping_timeout)
-                self.close_error = self.close_error or StreamError("connection-timeout", "no answer to ping")
-                return True
-            self._ping_asked = None
-        if now >= self.last_heard + keepalive.ping_interval:
-            assert self.session is not None
-            ping = make("iq", to=self.session.jid, from_=self.server.domain, type_="get", id_=f"ping-{now:.0f}")
-            etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap={None: ns.PING})
-            self._push(ping)
-            self._ping_asked = now
+        """XEP-0199: ping a silent client; no byte back within the timeout means the link is dead.
+        What is due follows from _keepalive_deadline: an unanswered ping's end, or the next ping."""
+        if now < self._keepalive_deadline():
+            return False
+        asked = self._ping_asked
+        if asked is not None and self.last_heard < asked:
+            timeout = self.server.config.keepalive.ping_timeout
+            log.info("%s: no answer to ping in %.0f s; the link is dead", self.who, timeout)
+            self.close_error = self.close_error or StreamError("connection-timeout", "no answer to ping")
+            return True
+        assert self.session is not None
+        ping = make("iq", to=self.session.jid, from_=self.server.domain, type_="get", id_=f"ping-{now:.0f}")
+        etree.SubElement(ping, f"{{{ns.PING}}}ping", nsmap={None: ns.PING})
+        self._push(ping)
+        self._ping_asked = now
         return False
 
     def _ack_wanted(self) -> bool:
