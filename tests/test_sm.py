@@ -167,6 +167,28 @@ def test_someone_elses_session_cannot_be_resumed(sm_server: ServerProcess) -> No
     b.close()
 
 
+def test_stray_acks_before_stream_management_are_ignored(sm_server: ServerProcess) -> None:
+    """A phone's ack timer outlives its lost stream: on the next connection its <r/> or <a/> can
+    come before login, or after bind before <enable/>. No SM there: ignored, the login goes on
+    (a stream error would cost a phone on GPRS a whole new login)."""
+    _, b_jid = pair(sm_server)
+    stray = f"<r xmlns='{SM}'/><a xmlns='{SM}' h='3'/>"
+    client = RawClient(sm_server).open()
+    client.send(stray)  # before SASL
+    assert b"<success" in client.authenticate(b_jid.split("@")[0])
+    client.header()
+    client.send(stray)  # authenticated, not yet bound
+    client.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    assert b"<jid>" in client.read_until(b"</iq>")
+    client.send(stray)  # bound, stream management never enabled
+    client.send(f"<iq type='get' id='p1' to='{sm_server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    answer = client.read_until(b'id="p1"', b"</stream:stream>")
+    assert b"<failed" not in answer and b"stream:error" not in answer and b'id="p1"' in answer
+    assert b"<enabled" in enable(client)  # and stream management can still be enabled, from zero
+    assert acked_by_server(client) == 0
+    client.close()
+
+
 def test_ack_for_more_than_was_sent_is_a_stream_error(sm_server: ServerProcess) -> None:
     _, b_jid = pair(sm_server)
     b = online(sm_server, b_jid)

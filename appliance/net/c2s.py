@@ -456,7 +456,7 @@ class Connection:
     async def _nonza_before_bind(self, element: Element) -> None:
         if sm.is_sm(element) and sm.local(element) == "resume":
             await self._resume(element)
-        elif sm.is_sm(element):
+        elif sm.is_sm(element) and sm.local(element) not in ("r", "a"):  # those: ignored, as before auth
             self.proto.send_raw(failed_xml("unexpected-request"))  # <enable/> comes after bind
 
     async def _resume(self, element: Element) -> None:
@@ -637,8 +637,9 @@ class Connection:
             await self._push_wait(session.sm.ack_xml())
         elif name == "a" and session.sm is not None:
             await self.server.confirm(session, session.sm.ack(parse_h(element)))
-        elif name in ("enable", "resume", "r"):
+        elif name == "resume":
             await self._push_wait(failed_xml("unexpected-request"))
+        # <r/> and <a/> without stream management: nothing to count or settle, ignored (see proto.c2s)
 
     def _write_soon(self) -> None:
         """Start a writer if the outbox holds something and none runs: an idle connection has none.

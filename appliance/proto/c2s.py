@@ -96,6 +96,10 @@ class Settings:
 
 
 _STANZA_TAGS = {f"{{{ns.CLIENT}}}{k}" for k in ("message", "presence", "iq")}
+# XEP-0198 <r/> and <a/> before stream management is enabled carry nothing to act on. Stock clients
+# send them on a fresh stream after a lost link (their ack timer outlives the old stream); ignoring
+# them, as Prosody does, costs nothing, while a stream error would cost a phone a whole new login.
+_STRAY_SM_ACKS = frozenset({f"{{{ns.SM}}}r", f"{{{ns.SM}}}a"})
 
 
 class C2SStream:
@@ -270,6 +274,8 @@ class C2SStream:
             self._iq_before_bound(el)
         elif etree.QName(el).namespace in self.settings.nonza_namespaces and self.stage is Stage.AUTHENTICATED:
             self._events.append(NonzaIn(el))
+        elif tag in _STRAY_SM_ACKS:
+            pass  # a phone's ack timer left over from its previous stream: no SM here yet, nothing to count
         else:
             raise StreamError("not-authorized", "authenticate and bind a resource first")
 
