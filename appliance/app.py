@@ -40,7 +40,7 @@ async def run(config: Config, *, handle_signals: bool = True,
     if certs.ensure_certificate(config.cert_path, config.key_path, config.domain):
         log.info("created a self-signed certificate %s (SHA-256 %s)", config.cert_path,
                  certs.fingerprint_sha256(config.cert_path))
-    db = Database.open(config.database_path)
+    db = Database.open(config.database_path, commit_delay=config.storage.commit_delay_ms / 1000)
     try:
         server = build_server(config, db)
         tls = certs.server_context(config.cert_path, config.key_path)

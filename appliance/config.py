@@ -57,6 +57,14 @@ class Archive:
     max_page: int = 100                     # results per query page, whatever a client asks for
 
 
+MAX_COMMIT_DELAY_MS = 1000
+
+
+@dataclass
+class Storage:
+    commit_delay_ms: float = 10.0           # under load, a commit waits this long for others to share it
+
+
 @dataclass
 class Config:
     domain: str = field(default_factory=lambda: socket.gethostname().lower() + ".local")
@@ -75,6 +83,7 @@ class Config:
     keepalive: Keepalive = field(default_factory=Keepalive)
     stream_management: StreamManagement = field(default_factory=StreamManagement)
     archive: Archive = field(default_factory=Archive)
+    storage: Storage = field(default_factory=Storage)
 
     @property
     def database_path(self) -> Path:
@@ -147,6 +156,9 @@ def load(path: Path | None = None, **overrides: Any) -> Config:
     config.domain = config.domain.lower()
     if config.archive.default not in ARCHIVE_MODES:
         raise ConfigError(f"archive.default must be one of {', '.join(ARCHIVE_MODES)}")
+    if config.storage.commit_delay_ms > MAX_COMMIT_DELAY_MS:
+        raise ConfigError(f"storage.commit_delay_ms must be at most {MAX_COMMIT_DELAY_MS} "
+                          "(it delays every acknowledgement under load)")
     return config
 
 

@@ -125,7 +125,9 @@ def test_config_show_command_line_overrides(tmp_path: Path) -> None:
     ('require_tls = "yes"\n', "require_tls"),
     ('limits = 3\n', "limits"),
     ('[limits]\nunknown_limit = 3\n', "unknown_limit"),
-], ids=["unknown-key", "bad-syntax", "wrong-type", "negative", "not-a-bool", "not-a-table", "unknown-in-table"])
+    ('[storage]\ncommit_delay_ms = 5000\n', "commit_delay_ms must be at most 1000"),
+], ids=["unknown-key", "bad-syntax", "wrong-type", "negative", "not-a-bool", "not-a-table", "unknown-in-table",
+        "commit-delay-too-long"])
 def test_config_show_bad_file(tmp_path: Path, content: str, mentions: str) -> None:
     config = tmp_path / "appliance.toml"
     config.write_text(content)

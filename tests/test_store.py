@@ -376,6 +376,33 @@ async def test_a_failing_write_in_a_shared_commit_fails_alone(db, alice):
     assert names == {"a@x", "b@x"}  # ghost@x was rolled back to its savepoint, b@x committed
 
 
+async def test_under_load_a_commit_waits_for_company(tmp_path):
+    """Commit delay: writes a few ms apart share one commit once commits follow each other closely;
+    a write after a quiet spell commits at once."""
+    with Database.open(tmp_path / "db.sqlite3", commit_delay=0.05) as db:
+        await db.write(users.create_user, "alice", "pw", ITERATIONS)  # quiet before: at once
+        commits, t0 = db.commits, trio.current_time()
+
+        async def add(n):
+            await trio.sleep(n * 0.01)  # 10 ms apart: without the delay each commits alone
+            await db.write(_add_item, "alice", f"c{n}@x")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(add, n)
+        assert db.commits - commits == 1  # busy (the user's commit just ended): all four shared it
+        assert trio.current_time() - t0 >= 0.05
+        await trio.sleep(0.2)  # quiet again
+        t1 = trio.current_time()
+        await db.write(_add_item, "alice", "lone@x")
+        assert trio.current_time() - t1 < 0.05 and db.commits - commits == 2
+
+
+def test_commit_delay_is_bounded(tmp_path):
+    with pytest.raises(ValueError, match="commit_delay"):
+        Database.open(tmp_path / "db.sqlite3", commit_delay=5)
+
+
 async def test_write_soon_rides_along_with_the_next_write(db, alice):
     commits = db.commits
     pending = db.write_soon(_add_item, "alice", "later@x")

@@ -10,6 +10,13 @@ raises rolls back only its own changes and gets its exception, while the others 
 caller still returns only after the COMMIT that holds its change. Under load this makes the commits
 per message well below one; alone, a call commits at once, as before.
 
+Commit delay: on a fast disk a commit is over before the next message arrives, so calls rarely
+overlap and each pays a transaction of its own (its thread hop, its WAL pages, its fsync: SD-card
+wear). While commits follow each other closely (the last one ended less than BUSY_SECONDS ago),
+the call that leads the next commit first waits `commit_delay` for company, as PostgreSQL's
+`commit_delay` does. It delays acknowledgements (and callers of `write`), never deliveries, and
+only under load: a lone write after a quiet spell commits at once.
+
 Reads are short indexed queries run directly on the event loop through a separate connection,
 which WAL lets read while the writer writes.
 """
@@ -32,6 +39,7 @@ log = logging.getLogger("appliance.store")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 LAZY_SECONDS = 0.5   # a write_soon change waits at most this long for a commit to ride along with
+BUSY_SECONDS = 0.05  # a commit that starts within this time of the last one's end waits commit_delay
 BUSY_TIMEOUT_MS = 5000  # another process (the CLI, the server) may hold the write lock briefly
 
 
@@ -90,8 +98,11 @@ def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> None:
 
 
 class Database:
-    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection,
+                 commit_delay: float = 0.0) -> None:
         self.path = path
+        self.commit_delay = commit_delay   # seconds a commit under load waits for company
+        self._last_commit_end = float("-inf")  # trio.current_time() when the last commit ended
         self.writes = 0   # write calls whose change committed
         self.commits = 0  # write transactions committed: below `writes` when group commit folds calls
         self._writer = writer
@@ -107,8 +118,10 @@ class Database:
         self._closed = False
 
     @classmethod
-    def open(cls, path: Path, synchronous: str = "FULL") -> Database:
+    def open(cls, path: Path, synchronous: str = "FULL", commit_delay: float = 0.0) -> Database:
         """Open (creating if needed) and migrate. FULL: an acknowledged message survives power loss."""
+        if not 0 <= commit_delay <= 1:
+            raise ValueError("commit_delay must be between 0 and 1 second")
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
@@ -121,7 +134,7 @@ class Database:
         except BaseException:
             writer.close()
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, commit_delay)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on a worker thread inside a write transaction, possibly shared with
@@ -170,12 +183,15 @@ class Database:
 
     async def _commit_queued(self) -> None:
         """Commit every queued call in one transaction, then hand the lead to the next waiter."""
+        if self.commit_delay and trio.current_time() - self._last_commit_end < BUSY_SECONDS:
+            await trio.sleep(self.commit_delay)  # under load: let the next calls join this commit
         batch, self._queue = self._queue, []
         self._batch = batch
         try:
             await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
         finally:
             self._batch = []
+            self._last_commit_end = trio.current_time()
             for job in batch:
                 job.finished = True
                 job.wake.set()
