@@ -67,15 +67,19 @@ def setup(server: Server) -> None:
     async def sent(routed: Routed) -> bool:
         """Copy what a local session sends to its other devices; never handles the message."""
         sender = routed.origin
-        if sender is None or _own_account(routed) or not eligible(routed.el, received=False):
+        if sender is None or _own_account(routed):
             return False
-        copy_to(server, sender.jid.bare, "sent", routed.el, skip=[sender])
+        targets = copy_targets(server, sender.jid.bare, skip=[sender])
+        if targets and eligible(routed.el, received=False):  # most users have one device: no check
+            copy_to(server, targets, sender.jid.bare, "sent", routed.el)
         return False
 
     async def delivered(routed: Routed, sessions: list[Session]) -> None:
-        if _own_account(routed) or not eligible(routed.el, received=True):
+        if _own_account(routed):
             return
-        copy_to(server, routed.to_bare, "received", routed.el, skip=sessions)
+        targets = copy_targets(server, routed.to_bare, skip=sessions)
+        if targets and eligible(routed.el, received=True):
+            copy_to(server, targets, routed.to_bare, "received", routed.el)
 
     server.hook("iq", ns.CARBONS, toggle, targets=frozenset({Target.ACCOUNT, Target.SERVER}))
     server.hook("message", ANY, sent, targets=ALL_TARGETS, priority=SENT_PRIORITY)
@@ -105,11 +109,16 @@ def _own_account(routed: Routed) -> bool:
     return routed.to is None or routed.to.bare == routed.from_.bare
 
 
-def copy_to(server: Server, owner: JID, direction: str, el: Element, *, skip: list[Session]) -> None:
-    """A `<sent/>` or `<received/>` copy for each available, carbons-enabled resource not in `skip`."""
-    for session in server.sessions.available(owner):
-        if session.state.get(STATE) and session not in skip:
-            server.deliver(session, wrap(el, owner, session.jid, direction))
+def copy_targets(server: Server, owner: JID, *, skip: list[Session]) -> list[Session]:
+    """The owner's available, carbons-enabled resources not in `skip`."""
+    return [session for session in server.sessions.available(owner)
+            if session.state.get(STATE) and session not in skip]
+
+
+def copy_to(server: Server, targets: list[Session], owner: JID, direction: str, el: Element) -> None:
+    """A `<sent/>` or `<received/>` copy for each target."""
+    for session in targets:
+        server.deliver(session, wrap(el, owner, session.jid, direction))
 
 
 def wrap(el: Element, owner: JID, to: JID, direction: str) -> Element:

@@ -17,8 +17,8 @@ def setup(server: Server) -> None:
         """Bare JID (§8.5.2.1): the highest-priority available resources; nobody there: offline."""
         if routed.type == "error" and not server.sessions.of(routed.to_bare):
             return True  # errors to nobody are dropped
-        if not server.db.read(users.user_exists, routed.to_bare.local):
-            raise StanzaError("service-unavailable")
+        if not server.sessions.of(routed.to_bare) and not server.db.read(users.user_exists, routed.to_bare.local):
+            raise StanzaError("service-unavailable")  # (someone logged in has an account: no read)
         return await deliver_to_bare(server, routed)
 
     async def to_full(routed: Routed) -> bool:

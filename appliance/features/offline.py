@@ -12,11 +12,10 @@ a XEP-0203 <delay/> with the time the server first received them.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from weakref import WeakKeyDictionary
 
@@ -136,27 +135,43 @@ async def store_message(server: Server, routed: Routed) -> bool:
     return True
 
 
-_next_ids: WeakKeyDictionary[Server, Iterator[int]] = WeakKeyDictionary()
+class _Copies:
+    """Per server: ids for new rows, and how many more rows each recipient may get.
+
+    This process is the only one that stores messages, so ids come from memory. The room left is
+    counted down per row instead of counting the user's rows for every message: the store is read
+    again only when the room runs out (deleted rows only make more room, so the count is safe)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.ids = itertools.count(server.db.read(offline.last_id) + 1)
+        self.room: dict[str, int] = {}
+
+    def take_room(self, user: str) -> bool:
+        room = self.room.get(user, 0)
+        if room <= 0:
+            room = self.server.config.limits.offline_per_user - self.server.db.read(offline.count_messages, user)
+        self.room[user] = room - 1 if room > 0 else 0
+        return room > 0
+
+
+_copies: WeakKeyDictionary[Server, _Copies] = WeakKeyDictionary()
 
 
 def _queue_copy(server: Server, routed: Routed) -> tuple[int, PendingWrite]:
     """Allocate the row's id and queue its insert; StanzaError when the recipient's store is full."""
-    user = routed.to_bare.local
-    limit = server.config.limits.offline_per_user
-    if server.db.read(offline.count_messages, user) >= limit:
+    copies = _copies.get(server) or _copies.setdefault(server, _Copies(server))
+    if not copies.take_room(routed.to_bare.local):
         log.warning("offline storage for %s is full; refusing a message", routed.to_bare)
         raise StanzaError("service-unavailable", "the recipient's offline storage is full")
-    ids = _next_ids.get(server)
-    if ids is None:  # this process is the only one that stores messages: ids come from memory
-        ids = _next_ids[server] = itertools.count(server.db.read(offline.last_id) + 1)
-    id_, now = next(ids), time.time()
-    stanza = serialize(stamped(routed.el, server.domain, now))
-    return id_, server.db.write_soon(offline.insert_message, id_, user, stanza, now)
+    # The row keeps the stanza as it is and the time in `stamp`; the <delay/> is added when a row
+    # is read back (`stamp_delay`): most rows are deleted unread once the live copy is confirmed.
+    id_, now = next(copies.ids), time.time()
+    return id_, server.db.write_soon(offline.insert_message, id_, routed.to_bare.local, serialize(routed.el), now)
 
 
-def stamped(el: Element, domain: str, when: float) -> Element:
-    """A copy with XEP-0203 <delay/>; a message that was stored before keeps its first stamp."""
-    message = copy.deepcopy(el)
+def stamp_delay(message: Element, domain: str, when: float) -> Element:
+    """Add XEP-0203 <delay/> (in place); a message that was stored before keeps its first stamp."""
     for delay in message.iterfind(f"{{{ns.DELAY}}}delay"):
         if delay.get("from") == domain:
             return message
@@ -166,16 +181,21 @@ def stamped(el: Element, domain: str, when: float) -> Element:
     return message
 
 
+def stored_message(stanza: bytes, stamp: float, domain: str) -> Element:
+    """An offline row as the element to send: parsed, with its <delay/>."""
+    return stamp_delay(parse_stored(stanza), domain, stamp)
+
+
 async def deliver_stored(server: Server, session: Session, skip: Callable[[int], bool]) -> None:
     """In order, waiting for room in the outbox. Rows another live session holds or a client has
     confirmed are skipped; a row is deleted when this client confirms it (see `confirmed`)."""
     await server.db.flush()  # copies still on their way to disk are rows too
     rows = server.db.read(offline.fetch_messages, session.username)
     sent = 0
-    for id_, stanza, _stamp in rows:
+    for id_, stanza, stamp in rows:
         if skip(id_):
             continue
-        if not await server.deliver_patiently(session, parse_stored(stanza), receipt=id_):
+        if not await server.deliver_patiently(session, stored_message(stanza, stamp, server.domain), receipt=id_):
             break  # the session is gone; the rest waits for the next login
         sent += 1
     if sent:

@@ -157,9 +157,10 @@ class Database:
     async def settle(self, job: PendingWrite) -> Any:
         """Wait until `job` is committed (leading the commit if nobody is); its result or error."""
         # Shielded: the caller must learn whether its change committed, and a waiting call may be
-        # handed the lead of the next commit, which other callers depend on.
-        with trio.CancelScope(shield=True):
-            if not job.finished:
+        # handed the lead of the next commit, which other callers depend on. A finished job needs
+        # no scope (the second write of a message usually committed with the first).
+        if not job.finished:
+            with trio.CancelScope(shield=True):
                 if self._leading is None:
                     self._leading = job
                 else:
