@@ -176,9 +176,9 @@ def test_what_offline_storage_keeps(payload: str, kept: bool) -> None:
 
 
 def test_delay_stamp_is_added_once() -> None:
-    el = etree.fromstring("<message xmlns='jabber:client' to='b@d'><body>hi</body></message>")
-    once = offline.stamped(el, "d", 0.0)
-    twice = offline.stamped(once, "d", 3600.0)
+    """A stored row gets its <delay/> when read back; a message stored before keeps its first stamp."""
+    row = b"<message xmlns='jabber:client' to='b@d'><body>hi</body></message>"
+    once = offline.stored_message(row, 0.0, "d")
+    twice = offline.stamp_delay(once, "d", 3600.0)
     delays = twice.findall("{urn:xmpp:delay}delay")
     assert [(d.get("from"), d.get("stamp")) for d in delays] == [("d", "1970-01-01T00:00:00.000000Z")]
-    assert el.find("{urn:xmpp:delay}delay") is None  # the original is not changed
