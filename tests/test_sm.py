@@ -3,6 +3,7 @@ the server acknowledged surviving SIGKILL. Raw XML, because the point is exact c
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -187,6 +188,33 @@ def test_stray_acks_before_stream_management_are_ignored(sm_server: ServerProces
     assert b"<enabled" in enable(client)  # and stream management can still be enabled, from zero
     assert acked_by_server(client) == 0
     client.close()
+
+
+def server_stats(server: ServerProcess) -> dict:
+    """The server's counters (SIGUSR1 logs a `stats {json}` line)."""
+    seen = server.log_text().count("stats {")
+    server.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while server.log_text().count("stats {") == seen:
+        assert time.monotonic() < deadline, "no stats line after SIGUSR1"
+        time.sleep(0.05)
+    return json.loads(server.log_text().rsplit("stats ", 1)[1].splitlines()[0])
+
+
+def test_a_burst_in_one_read_shares_its_commits_and_is_all_acked(sm_server: ServerProcess) -> None:
+    """A phone resending its queue after a resume: the stanzas of one read are settled together
+    (one commit, not one each, which under the commit delay would cost ~10 ms per stanza)."""
+    a_jid, b_jid = pair(sm_server)
+    a, b = online(sm_server, a_jid), online(sm_server, b_jid)
+    enable(a)
+    commits = server_stats(sm_server)["db_commits"]
+    texts = [f"burst {n}" for n in range(100)]
+    a.send("".join(f"<message to='{b_jid}' type='chat'><body>{t}</body></message>" for t in texts))
+    assert acked_by_server(a) == 100
+    assert read_messages(b, 100) == texts
+    assert server_stats(sm_server)["db_commits"] - commits < 10
+    a.close()
+    b.close()
 
 
 def test_ack_for_more_than_was_sent_is_a_stream_error(sm_server: ServerProcess) -> None:

@@ -22,7 +22,7 @@ from appliance.proto.c2s import Stage
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import JID, InvalidJID
 from appliance.proto.stanza import Element, error_reply, kind_of
-from appliance.store.db import Database
+from appliance.store.db import Database, PendingWrite
 
 log = logging.getLogger("appliance.router")
 
@@ -188,7 +188,10 @@ class Server:
     # ---- routing ----------------------------------------------------------------------------------
 
     async def route(self, el: Element, origin: Session | None = None, receipt: int | None = None, *,
-                    patient: bool = False) -> None:
+                    patient: bool = False, writes: list[PendingWrite] | None = None) -> None:
+        """Hand a stanza to its handlers. It counts as handled once the writes they queued have
+        committed: route waits for them, or, given a `writes` list, appends them there for the
+        caller to settle (a client's reader settles all the stanzas of one read at once)."""
         kind = kind_of(el)
         if kind is None:
             return
@@ -206,7 +209,10 @@ class Server:
         try:
             await self._dispatch(routed)
         finally:
-            await self._settle(routed)
+            if writes is None:
+                await self.settle(routed.writes)
+            else:
+                writes.extend(routed.writes)
 
     async def _dispatch(self, routed: Routed) -> None:
         try:
@@ -220,13 +226,13 @@ class Server:
             return await self._bounce(routed.el, routed.origin, StanzaError("internal-server-error"))
         await self._unhandled(routed)
 
-    async def _settle(self, routed: Routed) -> None:
-        """Handled means durable: wait for the writes handlers queued to ride along (the archive)."""
-        for job in routed.writes:
+    async def settle(self, writes: list[PendingWrite]) -> None:
+        """Handled means durable: wait for the writes handlers queued (the archive, durable copies)."""
+        for job in writes:
             try:
                 await self.db.settle(job)
             except Exception:
-                log.exception("a database write for a %s from %s failed", routed.kind, routed.from_)
+                log.exception("a database write of a routed stanza failed")
 
     async def _unhandled(self, routed: Routed) -> None:
         if routed.kind == "presence" or routed.type in ("error", "result"):

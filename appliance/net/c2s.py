@@ -29,12 +29,15 @@ from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import InvalidJID
 from appliance.proto.sm import REQUEST, failed_xml, parse_h
 from appliance.proto.stanza import Element, make, stream_header, to_stream
+from appliance.store.db import PendingWrite
 
 log = logging.getLogger("appliance.c2s")
 READ_SIZE = 65536
 CONNECTION_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 WRITE_BATCH = 64
+SETTLE_BATCH = 256  # stanzas of one burst routed before their writes are settled and counted
 GOODBYE_SECONDS = 2.0  # how long a closing stream may take to write what is queued
+COUNTED_WAIT_SECONDS = 5.0  # a resumption waits at most this long for the old reader to count its stanzas
 PARSER_IDLE_SECONDS = 30.0  # a client silent this long between stanzas: its XML parser is released
 TRIM_DELAY = 10.0           # freed memory goes back to the system this long after a release...
 TRIM_EVERY = 60.0           # ...and at most this often
@@ -208,7 +211,7 @@ class Connection:
         self.service = service
         self.server = service.server
         self.transport = Transport(stream)
-        self.stream: trio.abc.Stream = self.transport  # plaintext, then TLS on the same socket
+        self.stream = self.transport  # plaintext, then TLS on the same socket
         self.address = address
         self.direct_tls = direct_tls
         self.session: Session | None = None
@@ -221,6 +224,7 @@ class Connection:
         self._parser_idle_at = math.inf         # when to release the XML parser of a silent client
         self.preauth_state: dict[str, Any] = {"address": address}
         self._in_flight: list[Element] = []
+        self._routing: trio.Event | None = None  # set when the stanzas of the current read are counted
         self.clean_close = False          # the client ended the stream itself
         self.resumed_elsewhere = False    # XEP-0198: another connection took the session over
         self.auth = self.server.auth.for_connection(address)
@@ -465,7 +469,10 @@ class Connection:
             self.proto.send_raw(failed_xml("item-not-found"))
             log.info("%s: nothing to resume for %s", self.address, self.proto.username)
             return
+        old = session.link
         queued = sm.take_over(self, session)
+        if old is not None:
+            await old.counted()  # its last stanzas may still be waiting for their commit
         again = session.sm.resume_from(h) + queued
         self.session = session
         session.push, session.push_wait, session.terminate = self._push, self._push_wait, self.terminate
@@ -515,27 +522,71 @@ class Connection:
             self.transport.deadline, self.transport.reader = math.inf, None
 
     async def _received(self, data: bytes) -> bool:
-        """Handle what the client sent; True when the stream is over."""
-        events = self.proto.receive_data(data)
-        pending = self.proto.data_to_send()
-        if pending:
-            await self._push_wait(pending)
-        for event in events:
-            if isinstance(event, c2s.StanzaIn):
-                await self.server.route(event.stanza, self.session)
-                if self.session.sm is not None:
-                    self.session.sm.received()  # handled, and durable where it must be: ackable
-            elif isinstance(event, c2s.NonzaIn):
-                try:
-                    await self._nonza(event.element)
-                except StreamError as error:
-                    self.close_error = error
-                    return True
-            elif isinstance(event, c2s.Closed):
-                self.close_error = self.close_error or event.error
-                self.clean_close = event.error is None
-                return True
-        return False
+        """Handle what the client sent, and what else it has sent already; True when the stream is over.
+
+        A stanza counts as handled (XEP-0198) once the writes it queued have committed. Those of
+        a burst (a phone resending its queue after a resume) are settled together: while more
+        bytes are ready on the socket they are routed first (up to SETTLE_BATCH stanzas), and the
+        writes are settled before anything that reports or ends the count (a nonza, the end of
+        the stream) and before the reader waits again. So a burst shares one commit instead of
+        waiting for one per stanza."""
+        writes: list[PendingWrite] = []
+        routed = 0
+        self._routing = trio.Event()
+        try:
+            while True:
+                events = self.proto.receive_data(data)
+                pending = self.proto.data_to_send()
+                if pending:
+                    await self._push_wait(pending)
+                for event in events:
+                    if isinstance(event, c2s.StanzaIn):
+                        await self.server.route(event.stanza, self.session, writes=writes)
+                        routed += 1
+                        continue
+                    routed = await self._handled(writes, routed)
+                    if isinstance(event, c2s.NonzaIn):
+                        try:
+                            await self._nonza(event.element)
+                        except StreamError as error:
+                            self.close_error = error
+                            return True
+                    elif isinstance(event, c2s.Closed):
+                        self.close_error = self.close_error or event.error
+                        self.clean_close = event.error is None
+                        return True
+                more = self.stream.receive_ready(READ_SIZE) if 0 < routed < SETTLE_BATCH else None
+                if more is None:
+                    return False
+                data = more
+                self.last_heard = trio.current_time()
+                self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
+                await trio.lowlevel.checkpoint()  # a client that keeps sending must not starve the others
+        finally:
+            # Also when cancelled (a resumption took the session over): what was routed was
+            # delivered or stored, and must count, or the phone would send it again.
+            with trio.CancelScope(shield=True):
+                await self._handled(writes, routed)
+            self._routing.set()
+            self._routing = None
+
+    async def counted(self) -> None:
+        """Wait (boundedly) until the stanzas this connection's reader is handling are counted: a
+        resumption that takes the session over must report them in its <resumed h=.../>."""
+        if self._routing is not None:
+            with trio.move_on_after(COUNTED_WAIT_SECONDS):
+                await self._routing.wait()
+
+    async def _handled(self, writes: list[PendingWrite], stanzas: int) -> int:
+        """`stanzas` routed stanzas are handled once `writes` are durable: count them (XEP-0198).
+        Empties `writes`; returns 0, the count still to do."""
+        if writes:
+            await self.server.settle(writes)
+            writes.clear()
+        if stanzas and self.session is not None and self.session.sm is not None:
+            for _ in range(stanzas):
+                self.session.sm.received()
+        return 0
 
     # ---- bound: the reader's timers ------------------------------------------------------------------
     #
