@@ -525,11 +525,11 @@ class Connection:
         """Handle what the client sent, and what else it has sent already; True when the stream is over.
 
         A stanza counts as handled (XEP-0198) once the writes it queued have committed. Those of
-        a burst (a phone resending its queue after a resume) are settled together: while more
-        bytes are ready on the socket they are routed first (up to SETTLE_BATCH stanzas), and the
-        writes are settled before anything that reports or ends the count (a nonza, the end of
-        the stream) and before the reader waits again. So a burst shares one commit instead of
-        waiting for one per stanza."""
+        a burst (a phone resending its queue after a resume) are settled together: while writes
+        wait and more bytes are ready on the socket, those are routed first (up to SETTLE_BATCH
+        stanzas); the writes are settled before anything that reports or ends the count (a nonza,
+        the end of the stream) and before the reader waits again. So a burst shares one commit
+        instead of waiting for one per stanza."""
         writes: list[PendingWrite] = []
         routed = 0
         self._routing = trio.Event()
@@ -555,7 +555,8 @@ class Connection:
                         self.close_error = self.close_error or event.error
                         self.clean_close = event.error is None
                         return True
-                more = self.stream.receive_ready(READ_SIZE) if 0 < routed < SETTLE_BATCH else None
+                # Only stanzas with writes to settle are worth the extra recv (a syscall) per read.
+                more = self.stream.receive_ready(READ_SIZE) if writes and routed < SETTLE_BATCH else None
                 if more is None:
                     return False
                 data = more
