@@ -11,6 +11,7 @@ import scramp
 import trio
 
 from appliance.store import offline, roster, schema, users
+from appliance.store import db as db_module
 from appliance.store.db import Database
 from appliance.store.roster import RosterItem
 
@@ -401,6 +402,25 @@ async def test_under_load_a_commit_waits_for_company(tmp_path):
 def test_commit_delay_is_bounded(tmp_path):
     with pytest.raises(ValueError, match="commit_delay"):
         Database.open(tmp_path / "db.sqlite3", commit_delay=5)
+
+
+async def test_checkpoints_run_beside_the_commits(tmp_path, monkeypatch):
+    """The writer never checkpoints inside a COMMIT (a slow one would hold up every message
+    waiting for it); every CHECKPOINT_COMMITS commits a background thread copies the WAL into
+    the database file."""
+    monkeypatch.setattr(db_module, "CHECKPOINT_COMMITS", 5)
+    path = tmp_path / "db.sqlite3"
+    with Database.open(path) as db:
+        assert db._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        await db.write(users.create_user, "alice", "pw", ITERATIONS)
+        size_before = path.stat().st_size  # the migrations and alice are still in the WAL only
+        for n in range(5):
+            await db.write(_add_item, "alice", f"c{n}@x")
+        with trio.fail_after(5):
+            while db._checkpoint_running or db.commits - db._checkpointed_at >= 5:
+                await trio.sleep(0.01)
+        assert path.stat().st_size > size_before  # copied into the database file, before close
+        assert db.read(roster.count_items, "alice") == 5
 
 
 async def test_write_soon_rides_along_with_the_next_write(db, alice):

@@ -19,6 +19,12 @@ only under load: a lone write after a quiet spell commits at once.
 
 Reads are short indexed queries run directly on the event loop through a separate connection,
 which WAL lets read while the writer writes.
+
+Checkpoints: SQLite's automatic checkpoint runs inside the COMMIT that crosses its threshold, so
+now and then one commit also copies the WAL into the database file and fsyncs it: with a large
+archive (or an SD card) that commit takes hundreds of milliseconds, and every message waiting for
+it waits too. Here the writer never checkpoints; every CHECKPOINT_COMMITS commits a PASSIVE
+checkpoint runs on a connection of its own in a background thread, beside the commits.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 LAZY_SECONDS = 0.5   # a write_soon change waits at most this long for a commit to ride along with
 BUSY_SECONDS = 0.05  # a commit that starts within this time of the last one's end waits commit_delay
 BUSY_TIMEOUT_MS = 5000  # another process (the CLI, the server) may hold the write lock briefly
+CHECKPOINT_COMMITS = 100  # commits between two background checkpoints (SQLite's own: ~1000 pages)
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -51,6 +58,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")  # per connection, and needed for ON DELETE CASCADE
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run beside the commits (Database)
     return conn
 
 
@@ -116,6 +124,11 @@ class Database:
         self._leading: _Job | None = None  # the call whose task runs the current commit
         self._flush_scheduled = False      # a task will commit write_soon changes nobody waits for
         self._closed = False
+        self._synchronous = writer.execute("PRAGMA synchronous").fetchone()[0]
+        self._checkpointer: sqlite3.Connection | None = None  # opened by the first checkpoint
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_running = False
+        self._checkpointed_at = 0          # `commits` when the last checkpoint started
 
     @classmethod
     def open(cls, path: Path, synchronous: str = "FULL", commit_delay: float = 0.0) -> Database:
@@ -199,6 +212,26 @@ class Database:
             self._leading = next((job for job in self._queue if job.waiting), None)
             if self._leading is not None:
                 self._leading.wake.set()
+            if self.commits - self._checkpointed_at >= CHECKPOINT_COMMITS and not self._checkpoint_running:
+                self._checkpoint_running, self._checkpointed_at = True, self.commits
+                trio.lowlevel.spawn_system_task(self._checkpoint, name="database checkpoint")
+
+    async def _checkpoint(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self._checkpoint_sync)
+        except Exception:  # the next one tries again; close() checkpoints anyway
+            log.exception("a background WAL checkpoint failed")
+        finally:
+            self._checkpoint_running = False
+
+    def _checkpoint_sync(self) -> None:
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            if self._checkpointer is None:
+                self._checkpointer = _connect(self.path, self._synchronous)
+            # PASSIVE: copies what no reader still needs, waits for nobody, blocks no writer.
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def _flush_later(self) -> None:
         try:
@@ -253,11 +286,13 @@ class Database:
                 job.finished = True
                 if job.error is not None:
                     log.error("a deferred database write failed at close: %r", job.error)
-        with self._lock:
+        with self._lock, self._checkpoint_lock:
             if self._closed:
                 return
             self._closed = True
             self._reader.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             try:
                 # PASSIVE never waits for another process's readers; the last connection to close
                 # (ours, unless the server is still running) checkpoints fully and removes the WAL.
