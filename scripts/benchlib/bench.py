@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ class Plan:
     archive_rows: int = 1_000_000
     iterations: int = 10000
     prosody_storage: str = "internal"
+    repeat: int = 1              # runs of each message scenario per server, alternating; medians reported
 
     # account names: u* for logins and idle crowds, m* for message pairs, hub + f* for presence
     def idle_users(self) -> list[str]:
@@ -183,34 +185,75 @@ class Bench:
         return servers.start_prosody(directory, self.cert, self.key, {}, settings)
 
     def run_phase(self, phase: Phase) -> None:
-        for name in phase.servers:
-            print(f"{phase.key}: {name}...", flush=True)
-            if phase.prepare is not None:
-                phase.prepare(name, self.workdir / name)
-            started = time.monotonic()
-            server = self.start(name, phase.plaintext)
-            try:
-                time.sleep(SETTLE_AFTER_START)
-                start_rss = procstat.sample(server.proc.pid).rss
-                self.results.setdefault("startup", {}).setdefault(name, {"rss": start_rss})
-                figures = _run(phase.run, server)
-                figures["rss_at_start"] = start_rss
-            except Exception as exc:   # noqa: BLE001 - any failure of one phase is reported; the run goes on
-                figures = {"error": _describe(exc)}
-                self.problems.append(f"{phase.key} on {name}: {figures['error']}")
-            finally:
-                alive = server.proc.poll() is None
-                server.stop()
-            if not alive:
-                self.problems.append(f"{phase.key} on {name}: the server process had exited "
-                                     f"(code {server.proc.returncode}); see {server.log}")
-            figures["log_warnings"] = load.write_log_tail(server)
-            figures["phase_seconds"] = time.monotonic() - started
-            self.problems += [f"{phase.key} on {name}: {note}" for note in notes(figures)]
+        """Each server in turn; a message scenario `plan.repeat` times (appliance, Prosody,
+        appliance, ...), reported as the median of every figure, the single runs kept beside it."""
+        rounds = self.plan.repeat if phase.key in repeated_scenarios(self.plan) else 1
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in phase.servers}
+        for round_ in range(rounds):
+            for name in phase.servers:
+                label = f" (run {round_ + 1} of {rounds})" if rounds > 1 else ""
+                print(f"{phase.key}: {name}{label}...", flush=True)
+                figures = self._run_once(phase, name)
+                runs[name].append(figures)
+                print(f"  {summary(phase.key, figures)}", flush=True)
+        for name, figures_list in runs.items():
+            figures = figures_list[0] if rounds == 1 else median_figures(figures_list)
+            if rounds > 1:
+                print(f"{phase.key}: {name}, median of {rounds}:\n  {summary(phase.key, figures)}", flush=True)
             self.results.setdefault(phase.key, {})[name] = figures
             if isinstance(figures.get("then"), dict):
                 self.results.setdefault(f"messages-10-archived-with-{phase.key}", {})[name] = figures["then"]
-            print(f"  {summary(phase.key, figures)}", flush=True)
+
+    def _run_once(self, phase: Phase, name: str) -> dict[str, Any]:
+        if phase.prepare is not None:
+            phase.prepare(name, self.workdir / name)
+        started = time.monotonic()
+        server = self.start(name, phase.plaintext)
+        try:
+            time.sleep(SETTLE_AFTER_START)
+            start_rss = procstat.sample(server.proc.pid).rss
+            self.results.setdefault("startup", {}).setdefault(name, {"rss": start_rss})
+            figures = _run(phase.run, server)
+            figures["rss_at_start"] = start_rss
+        except Exception as exc:   # noqa: BLE001 - any failure of one phase is reported; the run goes on
+            figures = {"error": _describe(exc)}
+            self.problems.append(f"{phase.key} on {name}: {figures['error']}")
+        finally:
+            alive = server.proc.poll() is None
+            server.stop()
+        if not alive:
+            self.problems.append(f"{phase.key} on {name}: the server process had exited "
+                                 f"(code {server.proc.returncode}); see {server.log}")
+        figures["log_warnings"] = load.write_log_tail(server)
+        figures["phase_seconds"] = time.monotonic() - started
+        self.problems += [f"{phase.key} on {name}: {note}" for note in notes(figures)]
+        return figures
+
+
+def repeated_scenarios(plan: Plan) -> set[str]:
+    """The scenarios --repeat applies to: the message runs, whose CPU figures vary most between runs."""
+    return {f"messages-{pairs}-{kind}" for pairs in plan.pairs for kind in ("archived", "no-store")}
+
+
+# Figures where the worst run is the answer: one run that lost a message has lost one.
+_WORST = {"lost", "duplicates", "strays", "dropped_sessions", "late_sends", "max_send_lag_ms", "latency_max_ms"}
+
+
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every numeric figure as the median over the runs that have it (the worst for losses and
+    the like); the rest from the first run; each run's CPU per message and p99 latency listed
+    under `<name>_runs`."""
+    merged = dict(runs[0])
+    for key in {k for run in runs for k, v in run.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}:
+        values = [run[key] for run in runs if isinstance(run.get(key), (int, float))]
+        merged[key] = max(values) if key in _WORST else statistics.median(values)
+        if key in ("cpu_ms_per_message", "latency_p99_ms"):
+            merged[f"{key}_runs"] = values
+    errors = [run["error"] for run in runs if "error" in run]
+    if errors:
+        merged["error"] = "; ".join(errors)
+    merged["runs"] = len(runs)
+    return merged
 
 
 def _run(scenario: Callable[[Server], Awaitable[dict[str, Any]]], server: Server) -> dict[str, Any]:
@@ -426,6 +469,8 @@ def raw_numbers(results: dict[str, dict[str, Any]]) -> str:
                     v = f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
                 elif isinstance(v, int) and not isinstance(v, bool):
                     v = f"{v:,}"
+                elif isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+                    v = "/".join(f"{x:.4g}" for x in v)
                 parts.append(f"{k}={v}")
             out.append(f"  {name}: " + ", ".join(parts))
             for what in ("failures", "log_warnings"):
@@ -453,7 +498,9 @@ def header(plan: Plan, versions: dict[str, str], started: dt.datetime, elapsed: 
         "the load generator is one Trio process (its CPU is not counted)",
         f"load: logins {plan.logins} ({plan.login_concurrency} at a time); idle {', '.join(map(str, plan.idle_sizes))} "
         f"sessions settled {plan.settle:g} s; messages {plan.rate:g}/s in all for {plan.seconds:g} s "
-        f"({', '.join(map(str, plan.pairs))} pairs); presence {plan.contacts} contacts x {plan.updates} updates "
+        f"({', '.join(map(str, plan.pairs))} pairs"
+        + (f"; each run {plan.repeat} times per server, alternating, medians reported" if plan.repeat > 1 else "")
+        + f"); presence {plan.contacts} contacts x {plan.updates} updates "
         f"every {plan.spacing:g} s" + (f"; growth: {plan.big_idle} idle TLS and a {plan.archive_rows:,}-message "
                                         "archive, appliance only" if "growth" in plan.scenarios else ""),
     ]
@@ -493,6 +540,9 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--prosody-storage", choices=("internal", "sql"), default="internal",
                         help="Prosody's storage: internal (files, its default) or sql (SQLite through "
                              "LuaDBI; installs lua-dbi-sqlite3 when missing)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each message scenario this many times per server, alternating, and report "
+                             "medians (default 1): CPU per message varies by 10-20 %% between single runs")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, configs, logs)")
     args = parser.parse_args(argv)
@@ -512,6 +562,9 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
     if args.pairs:
         plan.pairs = [int(x) for x in args.pairs.split(",")]
     plan.prosody_storage = args.prosody_storage
+    plan.repeat = args.repeat
+    if plan.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if plan.rate <= 0 or plan.seconds <= 0 or not plan.idle_sizes or not plan.pairs:
         parser.error("need a positive --rate and --seconds, and at least one idle size and one pair count")
     return plan, args
