@@ -232,7 +232,7 @@ class Server:
             try:
                 await self.db.settle(job)
             except Exception:
-                log.exception("a database write of a routed stanza failed")
+                log.exception("a database write (%s) of a routed stanza failed", job.fn.__qualname__)
 
     async def _unhandled(self, routed: Routed) -> None:
         if routed.kind == "presence" or routed.type in ("error", "result"):

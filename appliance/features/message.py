@@ -15,9 +15,10 @@ OFFLINE_TYPES = {"normal", "chat"}
 def setup(server: Server) -> None:
     async def to_account(routed: Routed) -> bool:
         """Bare JID (§8.5.2.1): the highest-priority available resources; nobody there: offline."""
-        if routed.type == "error" and not server.sessions.of(routed.to_bare):
+        present = server.sessions.of(routed.to_bare)
+        if routed.type == "error" and not present:
             return True  # errors to nobody are dropped
-        if not server.sessions.of(routed.to_bare) and not server.db.read(users.user_exists, routed.to_bare.local):
+        if not present and not server.db.read(users.user_exists, routed.to_bare.local):
             raise StanzaError("service-unavailable")  # (someone logged in has an account: no read)
         return await deliver_to_bare(server, routed)
 

@@ -460,7 +460,7 @@ class Connection:
     async def _nonza_before_bind(self, element: Element) -> None:
         if sm.is_sm(element) and sm.local(element) == "resume":
             await self._resume(element)
-        elif sm.is_sm(element) and sm.local(element) not in ("r", "a"):  # those: ignored, as before auth
+        elif sm.is_sm(element):  # (stray <r/> and <a/> never get here: proto.c2s drops them)
             self.proto.send_raw(failed_xml("unexpected-request"))  # <enable/> comes after bind
 
     async def _resume(self, element: Element) -> None:
@@ -544,7 +544,8 @@ class Connection:
                         await self.server.route(event.stanza, self.session, writes=writes)
                         routed += 1
                         continue
-                    routed = await self._handled(writes, routed)
+                    await self._handled(writes, routed)
+                    routed = 0
                     if isinstance(event, c2s.NonzaIn):
                         try:
                             await self._nonza(event.element)
@@ -578,16 +579,15 @@ class Connection:
             with trio.move_on_after(COUNTED_WAIT_SECONDS):
                 await self._routing.wait()
 
-    async def _handled(self, writes: list[PendingWrite], stanzas: int) -> int:
+    async def _handled(self, writes: list[PendingWrite], stanzas: int) -> None:
         """`stanzas` routed stanzas are handled once `writes` are durable: count them (XEP-0198).
-        Empties `writes`; returns 0, the count still to do."""
+        Empties `writes`."""
         if writes:
             await self.server.settle(writes)
             writes.clear()
         if stanzas and self.session is not None and self.session.sm is not None:
             for _ in range(stanzas):
                 self.session.sm.received()
-        return 0
 
     # ---- bound: the reader's timers ------------------------------------------------------------------
     #

@@ -272,10 +272,10 @@ class C2SStream:
             self._sasl_element(el)
         elif tag == f"{{{ns.CLIENT}}}iq":
             self._iq_before_bound(el)
-        elif etree.QName(el).namespace in self.settings.nonza_namespaces and self.stage is Stage.AUTHENTICATED:
-            self._events.append(NonzaIn(el))
         elif tag in _STRAY_SM_ACKS:
             pass  # a phone's ack timer left over from its previous stream: no SM here yet, nothing to count
+        elif etree.QName(el).namespace in self.settings.nonza_namespaces and self.stage is Stage.AUTHENTICATED:
+            self._events.append(NonzaIn(el))
         else:
             raise StreamError("not-authorized", "authenticate and bind a resource first")
 

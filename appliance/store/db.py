@@ -38,6 +38,7 @@ from typing import Any, Callable, TypeVar
 
 import trio
 
+from appliance.config import MAX_COMMIT_DELAY_MS
 from appliance.store import schema
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ log = logging.getLogger("appliance.store")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 LAZY_SECONDS = 0.5   # a write_soon change waits at most this long for a commit to ride along with
 BUSY_SECONDS = 0.05  # a commit that starts within this time of the last one's end waits commit_delay
+MAX_COMMIT_DELAY = MAX_COMMIT_DELAY_MS / 1000  # seconds; the one bound, checked in config.load too
 BUSY_TIMEOUT_MS = 5000  # another process (the CLI, the server) may hold the write lock briefly
 CHECKPOINT_COMMITS = 100  # commits between two background checkpoints (SQLite's own: ~1000 pages)
 
@@ -133,8 +135,8 @@ class Database:
     @classmethod
     def open(cls, path: Path, synchronous: str = "FULL", commit_delay: float = 0.0) -> Database:
         """Open (creating if needed) and migrate. FULL: an acknowledged message survives power loss."""
-        if not 0 <= commit_delay <= 1:
-            raise ValueError("commit_delay must be between 0 and 1 second")
+        if not 0 <= commit_delay <= MAX_COMMIT_DELAY:
+            raise ValueError(f"commit_delay must be between 0 and {MAX_COMMIT_DELAY:g} s")
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
