@@ -66,6 +66,28 @@ class Storage:
 
 
 @dataclass
+class Invites:
+    expiry_days: float = 7.0                # an invite made without an explicit expiry lasts this long
+    users_may_invite: bool = True           # any user may make contact invites (XEP-0401 ad-hoc command)
+    users_may_create_accounts: bool = False  # non-admins may make account invites too
+
+
+@dataclass
+class Http:
+    enabled: bool = True                    # invite landing pages (later: admin page, notification API)
+    port: int = 5280                        # plain HTTP
+    tls_port: int = 5281                    # HTTPS with the XMPP certificate; 0 turns it off
+    public_url: str = ""                    # base of links in invites; default http://<public host>:<port>
+
+
+@dataclass
+class Mdns:
+    enabled: bool = True                    # announce _xmpp-client._tcp (and _http._tcp) on the LAN
+    instance: str = ""                      # service instance name; default "Chat appliance on <host>"
+    interfaces: list[str] = field(default_factory=list)  # addresses to announce on; default: all
+
+
+@dataclass
 class Config:
     domain: str = field(default_factory=lambda: socket.gethostname().lower() + ".local")
     data_dir: Path = Path("data")
@@ -79,11 +101,15 @@ class Config:
     tls_key: Path | None = None
     log_level: str = "INFO"
     admins: list[str] = field(default_factory=list)
+    public_host: str = ""                   # name or address phones connect to; default: a LAN address
     limits: Limits = field(default_factory=Limits)
     keepalive: Keepalive = field(default_factory=Keepalive)
     stream_management: StreamManagement = field(default_factory=StreamManagement)
     archive: Archive = field(default_factory=Archive)
     storage: Storage = field(default_factory=Storage)
+    invites: Invites = field(default_factory=Invites)
+    http: Http = field(default_factory=Http)
+    mdns: Mdns = field(default_factory=Mdns)
 
     @property
     def database_path(self) -> Path:

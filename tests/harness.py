@@ -64,7 +64,9 @@ class ServerProcess:
                  f"c2s_port = {self.port}", f"c2s_tls_port = {self.tls_port}", 'log_level = "DEBUG"',
                  "scram_iterations = 4096"]
         tables: dict[str, dict[str, object]] = {}
-        for key, value in self.settings.items():
+        # No web server and no mDNS announcements on the host's network unless a test asks.
+        quiet = {"http.enabled": False, "mdns.enabled": False}
+        for key, value in {**quiet, **self.settings}.items():
             if key == "listen":
                 continue
             if "." in key:

@@ -96,6 +96,26 @@ MIGRATIONS: list[str] = [
     """
     SELECT 1;
     """,
+    # 5: invites (appliance/pairing/invites.py, store/invites.py) and administrators made by them.
+    """
+    CREATE TABLE invites (
+        token     TEXT PRIMARY KEY,                 -- the secret in the URI (24 URL-safe characters)
+        kind      TEXT NOT NULL CHECK (kind IN ('account', 'contact')),
+        inviter   TEXT REFERENCES users(username) ON DELETE CASCADE,  -- NULL: made by an admin
+        username  TEXT,                             -- preset localpart of the account it creates
+        max_uses  INTEGER NOT NULL DEFAULT 1,       -- 0: unlimited until it expires
+        uses      INTEGER NOT NULL DEFAULT 0,
+        created   REAL NOT NULL,                    -- unix time
+        expires   REAL,                             -- unix time; NULL: never
+        revoked   INTEGER NOT NULL DEFAULT 0,
+        admin     INTEGER NOT NULL DEFAULT 0        -- the account it creates is an administrator
+    );
+    CREATE INDEX invites_by_inviter ON invites(inviter);
+
+    -- Administrators besides those named in the configuration (`admins`): the first account, made
+    -- from the invite `serve` prints on first start, and those invited as administrators.
+    ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -112,6 +112,7 @@ def start_appliance(workdir: Path, cert: Path, key: Path, accounts: dict[str, st
         "c2s_tls_port": tls_port, "tls_cert": str(cert), "tls_key": str(key), "log_level": "INFO",
         # every benchmark client comes from 127.0.0.1; the default (32) would refuse a large run
         "limits": {"connections_per_address": len(accounts) + 8},
+        "http": {"enabled": False}, "mdns": {"enabled": False},  # what Prosody is not asked to do either
     }
     for name, value in (settings or {}).items():
         values[name] = {**values.get(name, {}), **value} if isinstance(value, dict) else value
