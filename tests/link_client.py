@@ -31,8 +31,18 @@ import time
 from typing import Any
 
 import slixmpp
+import slixmpp.xmlstream
 
 START = time.monotonic()
+# slixmpp waits for the answer to <resume/> (and <enable/>) with a Waiter that outlives its
+# connection: when the link dies while a resume is in flight, that waiter times out 30 s later,
+# during another connection attempt, and its coroutine then wipes the stream-management state
+# (sm_id, unacked queue) and goes on to bind a resource on the *new* connection, even in the
+# middle of its TLS handshake. Seen in CI: a "tlsv1 alert protocol version" from the server,
+# then "online" with a new resource and no "sm_failed". A phone app does not forget its session
+# that way: here the waiters of a connection that went away are dropped (`drop_stale_waiters`)
+# and never time out, and a connection that makes no progress is dropped by `unstick` below.
+slixmpp.xmlstream.RESPONSE_TIMEOUT = 3600
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -67,10 +77,17 @@ class LinkClient(slixmpp.ClientXMPP):
 
     def on_disconnected(self, reason: Any) -> None:
         self.up.clear()
+        self.drop_stale_waiters()
         self.down_since = time.monotonic()
         emit("disconnected", reason=str(reason))
         if self.args.reconnect and not self.finished:
             asyncio.get_event_loop().call_later(1.0, self.connect, self.args.host, self.args.port)
+
+    def drop_stale_waiters(self) -> None:
+        """The connection is gone: its stream-management waiters must never fire (see above)."""
+        for name in ("resumed_or_failed", "enabled_or_failed"):
+            while self.remove_handler(name):
+                pass
 
     def on_resumed(self, _: Any) -> None:
         emit("resumed")
