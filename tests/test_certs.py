@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.net import certs
+from appliance.pairing import links
 
 DOMAIN = "chat.example"
 
@@ -149,7 +150,7 @@ def test_default_names_skip_link_local(monkeypatch: pytest.MonkeyPatch) -> None:
     ips = [SimpleNamespace(ip="127.0.0.1"), SimpleNamespace(ip="169.254.3.4"),
            SimpleNamespace(ip="192.168.1.20"), SimpleNamespace(ip=("fe80::1", 0, 2)),
            SimpleNamespace(ip=("2001:db8::5", 0, 0)), SimpleNamespace(ip="192.168.1.20")]
-    monkeypatch.setattr(certs.ifaddr, "get_adapters", lambda: [SimpleNamespace(ips=ips)])
+    monkeypatch.setattr(links.ifaddr, "get_adapters", lambda: [SimpleNamespace(ips=ips)])
     monkeypatch.setattr(certs.socket, "gethostname", lambda: "Pi")
     dns, addresses = certs.default_names(DOMAIN)
     assert dns == [DOMAIN, "pi.local", "localhost", "pi"]

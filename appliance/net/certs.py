@@ -16,12 +16,13 @@ import ssl
 from pathlib import Path
 
 import idna
-import ifaddr
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from appliance.pairing.links import lan_addresses
 
 log = logging.getLogger("appliance.tls")
 
@@ -39,29 +40,8 @@ def default_names(domain: str) -> tuple[list[str], list[str]]:
     """DNS names and IP addresses a LAN client may use to reach this box."""
     host = socket.gethostname().lower()
     dns = _unique([domain.lower(), host + ".local", "localhost", host])
-    ips = _unique(["127.0.0.1", "::1", *_interface_addresses()])
+    ips = _unique(["127.0.0.1", "::1", *lan_addresses()])
     return dns, ips
-
-
-def _interface_addresses() -> list[str]:
-    try:
-        adapters = ifaddr.get_adapters()
-    except Exception as exc:  # an odd platform must not stop the server from starting
-        log.warning("cannot list network interfaces (%s); certificate names loopback only", exc)
-        return []
-    found = []
-    for adapter in adapters:
-        for ip in adapter.ips:
-            # IPv6 entries are (address, flowinfo, scope_id); link-local addresses need a scope
-            # a client cannot put in a URL, and change with every interface, so they are left out.
-            raw = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            try:
-                address = ipaddress.ip_address(raw.split("%")[0])
-            except ValueError:
-                continue
-            if not address.is_link_local:
-                found.append(str(address))
-    return found
 
 
 def _unique(items: list[str]) -> list[str]:
