@@ -8,6 +8,9 @@ cd "$ROOT"
 need_debs=()
 command -v go-sendxmpp >/dev/null || need_debs+=(go-sendxmpp)
 command -v ip >/dev/null || need_debs+=(iproute2)   # tests/netem.py: network namespaces (root only)
+command -v zbarimg >/dev/null || need_debs+=(zbar-tools)        # QR codes decoded back to the invite URI
+command -v chromium >/dev/null || need_debs+=(chromium)         # the invite page rendered headless
+command -v avahi-browse >/dev/null || need_debs+=(avahi-utils avahi-daemon dbus)  # a second mDNS browser
 if [ ${#need_debs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -18,4 +21,11 @@ fi
 if [ -f tests/js/package.json ]; then
   (cd tests/js && npm ci --silent --no-audit --no-fund)
 fi
-exec "$ROOT/.venv/bin/pytest" "$@"
+# Two workers, one test file each at a time (module-scoped servers stay per file): the bad-link
+# tests spend minutes waiting on a slow link while the other worker runs the rest.
+# TEST_WORKERS=0 runs everything in this one process.
+workers="${TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  exec "$ROOT/.venv/bin/pytest" "$@"
+fi
+exec "$ROOT/.venv/bin/pytest" -n "$workers" --dist loadfile "$@"
