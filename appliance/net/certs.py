@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.pairing import fingerprint
 from appliance.pairing.links import lan_addresses
 
 log = logging.getLogger("appliance.tls")
@@ -225,9 +226,9 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
 
 
 def fingerprint_sha256(cert_path: Path) -> str:
-    """The pin that invites carry: uppercase hex pairs of SHA-256 over the DER certificate."""
-    digest = _load_certificate(cert_path).fingerprint(hashes.SHA256())
-    return ":".join(f"{b:02X}" for b in digest)
+    """The pin that invites carry: uppercase hex pairs of SHA-256 over the DER certificate
+    (computed in pairing, where features can reach it too)."""
+    return fingerprint.fingerprint_sha256(cert_path)
 
 
 def tls_server_end_point(cert_path: Path) -> bytes:
