@@ -1,4 +1,5 @@
-"""`appliance serve`: run the appliance in the foreground."""
+"""`appliance serve`: run the appliance in the foreground; on a database without any account,
+print the first-start administrator invite once the listeners are up (pairing/first_start.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import trio
 
 from appliance import app
 from appliance.commands import load_config
+from appliance.config import Config
+from appliance.net import certs
+from appliance.pairing import first_start
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -21,5 +25,11 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     level = (args.log_level or config.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trio.run(app.run, config)
+    trio.run(_serve, config)
     return 0
+
+
+async def _serve(config: Config) -> None:
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(app.run, config)
+        await first_start.announce(running.server, certs.fingerprint_sha256(config.cert_path))

@@ -90,7 +90,7 @@ def run_passwd(args: argparse.Namespace) -> int:
     config = load_config(args)
     name = parse_name(args.name, config.domain)
     jid = f"{name}@{config.domain}"
-    with _open_existing(config) as db:
+    with open_existing(config) as db:
         if db is None or not db.read(users.user_exists, name):
             return _missing(jid)
         credentials = _credentials(args, config)
@@ -104,7 +104,7 @@ def run_del(args: argparse.Namespace) -> int:
     config = load_config(args)
     name = parse_name(args.name, config.domain)
     jid = f"{name}@{config.domain}"
-    with _open_existing(config) as db:
+    with open_existing(config) as db:
         if db is None or not db.write_sync(users.delete_user, name):
             return _missing(jid)
     print(f"deleted user {jid} with its roster and offline messages")
@@ -113,7 +113,7 @@ def run_del(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     config = load_config(args)
-    with _open_existing(config) as db:
+    with open_existing(config) as db:
         names = db.read(users.list_users) if db is not None else []
     for name in names:
         print(f"{name}@{config.domain}")
@@ -157,8 +157,8 @@ def _missing(jid: str) -> int:
     return FAILED
 
 
-def _open_existing(config: Config) -> ContextManager[Database | None]:
-    """`with _open_existing(config) as db`: db is None when there is no database file yet."""
+def open_existing(config: Config) -> ContextManager[Database | None]:
+    """`with open_existing(config) as db`: db is None when there is no database file yet."""
     # Do not create a database (and its directory) just to find it empty: a mistyped --data
     # should not leave a fresh data directory behind.
     if not config.database_path.exists():

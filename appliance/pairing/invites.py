@@ -54,7 +54,10 @@ class Invite:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(_TOKEN_BYTES)
+    # Never a leading '-': `appliance invite revoke TOKEN` would read it as an option.
+    while (token := secrets.token_urlsafe(_TOKEN_BYTES)).startswith("-"):
+        pass
+    return token
 
 
 def new_invite(kind: str, *, inviter: str | None, now: float, username: str | None = None,
