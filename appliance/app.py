@@ -12,7 +12,7 @@ import trio
 from appliance import features
 from appliance.config import Config
 from appliance.core.server import Server
-from appliance.net import certs, mdns
+from appliance.net import certs, http, mdns
 from appliance.net.c2s import C2SService
 from appliance.pairing import links
 from appliance.store.db import Database
@@ -52,6 +52,10 @@ async def run(config: Config, *, handle_signals: bool = True,
             service.hibernation.nursery = nursery
             ports = await nursery.start(lambda **kw: service.listen(config.c2s_port, direct_tls=False, **kw))
             tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
+            if config.http.enabled:
+                web_tls = http.https_context(config.cert_path, config.key_path) if config.http.tls_port else None
+                await nursery.start(http.serve_http, server, config, web_tls)
+                log.info("invite pages at %s/invite/...", links.http_base(config))
             if config.mdns.enabled:  # after every listener: a client that hears it connects at once
                 http_url = links.http_base(config) if config.http.enabled else None
                 nursery.start_soon(mdns.announce, config, ports[0], tls_ports[0],

@@ -23,6 +23,7 @@ from lxml import etree
 from appliance.core.server import Server
 from appliance.core.session import Session
 from appliance.net import sm
+from appliance.net.listeners import open_listeners
 from appliance.net.transport import Due, Transport
 from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError, StreamError
@@ -87,14 +88,7 @@ class C2SService:
 
     async def listen(self, port: int, *, direct_tls: bool,
                      task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners: list[trio.SocketListener] = []
-        for host in self.server.config.listen:
-            try:
-                listeners += await trio.open_tcp_listeners(port, host=host)
-            except OSError as exc:
-                log.warning("cannot listen on [%s]:%d: %s", host, port, exc)
-        if not listeners:
-            raise OSError(f"could not listen on port {port} on any of {self.server.config.listen}")
+        listeners = await open_listeners(self.server.config.listen, port, "clients")
         ports = sorted({l.socket.getsockname()[1] for l in listeners})
         log.info("listening for clients on port %s (%s)", ports, "direct TLS" if direct_tls else "STARTTLS")
         task_status.started(ports)

@@ -1,0 +1,67 @@
+"""The starlette application: every web route of the appliance, and what all responses share.
+
+Served by appliance/net/http.py inside the appliance's own process. Routes today: the invite
+landing pages (web/invite_page.py); the admin page and the notification API add theirs here.
+Every response gets the headers below unless its route set its own: nothing on these pages may
+be cached (an invite's page holds its token) or leak its URL to another site.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from appliance.config import Config
+from appliance.core.server import Server
+from appliance.pairing.fingerprint import fingerprint_sha256
+from appliance.web.invite_page import InvitePages
+from appliance.web.layout import CONTENT_SECURITY_POLICY, message_page
+
+DEFAULT_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+}
+
+
+class DefaultHeaders:
+    """ASGI middleware adding DEFAULT_HEADERS to every HTTP response that lacks them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in DEFAULT_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return message_page(404, "Not found", "There is no page at this address.")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return message_page(405, "Method not allowed", f"This page does not answer {request.method} requests.",
+                        headers=headers)
+
+
+def build_app(server: Server, config: Config) -> Starlette:
+    invites = InvitePages(server, config, fingerprint_sha256(config.cert_path))
+    return Starlette(routes=invites.routes(), middleware=[Middleware(DefaultHeaders)],
+                     exception_handlers={404: _not_found, 405: _method_not_allowed})
