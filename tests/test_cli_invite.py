@@ -159,6 +159,13 @@ def test_unknown_and_ambiguous_tokens(run, data):
     assert not stored(data, "abcdIJKL" + "y" * 16).revoked
 
 
+def test_unwritable_image_leaves_no_invite(run, data, tmp_path):
+    code, out, err = run("create", "--png", str(tmp_path / "missing-dir" / "invite.png"))
+    assert (code, out) == (1, "") and err.splitlines()[-1].startswith("appliance invite create: [Errno 2]")
+    with Database.open(data / "appliance.sqlite3") as db:
+        assert db.read(store.list_invites, time.time(), True) == []
+
+
 def test_empty_list_does_not_create_a_database(run, data):
     code, out, err = run("list")
     assert (code, out) == (0, "") and "appliance invite create" in err

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 from appliance.commands import load_config
-from appliance.commands.user import FAILED, OK, USAGE, UsageError, open_existing, parse_name
+from appliance.commands.user import FAILED, OK, UsageError, guarded, open_existing, parse_name
 from appliance.config import Config
 from appliance.net import certs
 from appliance.pairing import printout, qr
@@ -26,7 +24,6 @@ from appliance.pairing.invites import ACCOUNT, CONTACT, Invite, new_invite
 from appliance.store import invites as store
 from appliance.store import users
 from appliance.store.db import Database
-from appliance.store.schema import SchemaTooNew
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -47,17 +44,17 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     create.add_argument("--expires", metavar="DURATION",
                         help="e.g. 7d, 12h, 30m or never (default: [invites] expiry_days)")
     create.add_argument("--admin", action="store_true", help="the account it creates is an administrator")
-    create.set_defaults(run=_guarded(run_create))
+    create.set_defaults(run=guarded(run_create))
     listing = actions.add_parser("list", parents=[parent], help="list the usable invites")
     listing.add_argument("--all", action="store_true", help="also revoked, expired and used-up ones")
     listing.add_argument("--json", action="store_true", help="one JSON array")
-    listing.set_defaults(run=_guarded(run_list))
+    listing.set_defaults(run=guarded(run_list))
     show = actions.add_parser("show", parents=[parent, output], help="print an invite's URI and QR again")
     show.add_argument("token", help="the token, or its first characters as `list` shows them")
-    show.set_defaults(run=_guarded(run_show))
+    show.set_defaults(run=guarded(run_show))
     revoke = actions.add_parser("revoke", parents=[parent], help="make an invite unusable")
     revoke.add_argument("token", help="the token, or its first characters as `list` shows them")
-    revoke.set_defaults(run=_guarded(run_revoke))
+    revoke.set_defaults(run=guarded(run_revoke))
 
 
 def _output_options() -> argparse.ArgumentParser:
@@ -67,23 +64,6 @@ def _output_options() -> argparse.ArgumentParser:
     output.add_argument("--png", type=Path, metavar="FILE", help="also write the QR code as PNG")
     output.add_argument("--svg", type=Path, metavar="FILE", help="also write the QR code as SVG")
     return output
-
-
-def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the expected failures into one clear line on stderr and an exit code."""
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return action(args)
-        except UsageError as exc:
-            print(f"appliance invite {args.action}: {exc}", file=sys.stderr)
-            return USAGE
-        except (SchemaTooNew, sqlite3.Error) as exc:
-            print(f"appliance invite {args.action}: database error: {exc}", file=sys.stderr)
-            return FAILED
-        except OSError as exc:
-            print(f"appliance invite {args.action}: {exc}", file=sys.stderr)
-            return FAILED
-    return run
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -37,15 +37,15 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     secret = _password_options()
     add = actions.add_parser("add", parents=[parent, secret], help="create an account")
     add.add_argument("name", help="localpart, or local@domain on the configured domain")
-    add.set_defaults(run=_guarded(run_add))
+    add.set_defaults(run=guarded(run_add))
     passwd = actions.add_parser("passwd", parents=[parent, secret], help="change a password")
     passwd.add_argument("name")
-    passwd.set_defaults(run=_guarded(run_passwd))
+    passwd.set_defaults(run=guarded(run_passwd))
     delete = actions.add_parser("del", parents=[parent], help="delete an account and all its data")
     delete.add_argument("name")
-    delete.set_defaults(run=_guarded(run_del))
+    delete.set_defaults(run=guarded(run_del))
     listing = actions.add_parser("list", parents=[parent], help="print every account's JID")
-    listing.set_defaults(run=_guarded(run_list))
+    listing.set_defaults(run=guarded(run_list))
 
 
 def _password_options() -> argparse.ArgumentParser:
@@ -56,16 +56,21 @@ def _password_options() -> argparse.ArgumentParser:
     return secret
 
 
-def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the expected failures into one clear line on stderr and an exit code."""
+def guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the expected failures into one clear line on stderr and an exit code (also for
+    `appliance invite`: the line names the command and action that failed)."""
     def run(args: argparse.Namespace) -> int:
+        where = f"appliance {args.command} {args.action}"
         try:
             return action(args)
         except UsageError as exc:
-            print(f"appliance user {args.action}: {exc}", file=sys.stderr)
+            print(f"{where}: {exc}", file=sys.stderr)
             return USAGE
         except (SchemaTooNew, sqlite3.Error) as exc:
-            print(f"appliance user {args.action}: database error: {exc}", file=sys.stderr)
+            print(f"{where}: database error: {exc}", file=sys.stderr)
+            return FAILED
+        except OSError as exc:  # a file that cannot be written or read: say so, no traceback
+            print(f"{where}: {exc}", file=sys.stderr)
             return FAILED
     return run
 
