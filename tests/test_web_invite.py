@@ -1,7 +1,8 @@
 """The invite landing page of a real server process, over plain HTTP and HTTPS, and in headless Chromium.
 
 Invites are written into the server's database file with the store's own functions (as
-`appliance invite` does); the server reads them on each request.
+`appliance invite` does); the server reads them on each request. One check runs the app in
+process, on a closed database, to show that a malformed token is refused before any read.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import pytest
 
-from appliance.net.certs import fingerprint_sha256
+from appliance.app import build_server
+from appliance.config import Config
+from appliance.net.certs import ensure_certificate, fingerprint_sha256
 from appliance.pairing.invites import ACCOUNT, CONTACT, Invite, invite_uri, new_invite
+from appliance.store.db import Database
 from appliance.store.invites import insert_invite, revoke
+from appliance.web.app import build_app
 from tests.harness import DOMAIN, ServerProcess, env_without_proxies, free_port, wait_for_port
 from tests.zbar import decode, needs_zbarimg
 
@@ -91,8 +96,8 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     server.stop()
 
 
-def contact_invite(web: Web, **kw: object) -> Invite:
-    return web.add(new_invite(CONTACT, inviter="alice", now=time.time(), **kw))  # type: ignore[arg-type]
+def contact_invite(web: Web, max_uses: int = 1) -> Invite:
+    return web.add(new_invite(CONTACT, inviter="alice", now=time.time(), max_uses=max_uses))
 
 
 def assert_page_headers(reply: Reply, uri: str) -> None:
@@ -215,6 +220,32 @@ def test_malformed_tokens_get_404(web: Web, token: str) -> None:
     assert reply.status == 404 and UNKNOWN_TEXT in reply.text
 
 
+async def test_malformed_tokens_are_refused_before_any_database_read(tmp_path: Path) -> None:
+    """In process, on a closed database: any read would raise, so a 404 means none was tried."""
+    config = Config(domain=DOMAIN, data_dir=tmp_path)
+    ensure_certificate(config.cert_path, config.key_path, DOMAIN)
+    db = Database.open(config.database_path)
+    app = build_app(build_server(config, db), config)
+    db.close()
+    assert await asgi_get(app, "/invite/" + "A" * 23 + ".") == 404
+    with pytest.raises(RuntimeError, match="is closed"):  # a well-formed token is looked up
+        await asgi_get(app, "/invite/" + "A" * 24)
+
+
+async def asgi_get(app: Any, path: str) -> int:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "root_path": "",
+               "query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http"}, receive, send)
+    return sent[0]["status"]
+
+
 def test_other_paths_and_methods(web: Web) -> None:
     missing = web.request("/admin")
     assert missing.status == 404 and "There is no page at this address." in missing.text
@@ -272,6 +303,7 @@ def test_stops_promptly_with_a_client_connected(fresh_server: ServerProcess) -> 
     fresh_server.start()
     assert fresh_server.proc is not None
     wait_for_port(port, fresh_server.proc)
+    assert fresh_server.logged(f"serving {DOMAIN}")  # SIGTERM is handled from here on
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     idle.connect()  # an open connection that never sends its request
     try:
