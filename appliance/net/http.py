@@ -86,7 +86,7 @@ async def serve_http(server: Server, config: Config, tls_context: ssl.SSLContext
     `tls_context`: the HTTPS context (`https_context`), or None for plain HTTP only."""
     plain = await _open_sockets(config.listen, config.http.port)
     secure = await _open_sockets(config.listen, config.http.tls_port) if tls_context and config.http.tls_port else []
-    app = wrap_app(build_app(server, config), 0, "asgi")
+    app = wrap_app(build_app(server, config), 0, "asgi")  # 0: the WSGI body limit, unused for ASGI
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda **kw: worker_serve(app, _hypercorn_config(tls_context),
                                                       sockets=Sockets(secure, plain, []), **kw))
