@@ -1,5 +1,6 @@
-"""XEP-0077 in-band registration: sign-up before login (when enabled), password change and account
-removal after login. `appliance user` does the same from the command line."""
+"""XEP-0077 in-band registration: sign-up before login (when enabled, or on a stream that presented
+a usable invite token, XEP-0445: features/invites.py), password change and account removal after
+login. `appliance user` does the same from the command line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from scramp import ScramException
 from appliance.core.events import Event
 from appliance.core.router import Routed, Target
 from appliance.core.server import Server
+from appliance.features import invites
 from appliance.proto import ns
 from appliance.proto.c2s import Stage
 from appliance.proto.errors import StanzaError, StreamError
@@ -34,19 +36,23 @@ def setup(server: Server) -> None:
 
     async def before_login(iq: Element, state: dict[str, Any]) -> Element:
         try:
-            if not (config.allow_registration or state.get("may_register")):
+            if not (config.allow_registration or state.get(invites.MAY_REGISTER)):
                 raise StanzaError("service-unavailable", "registration is disabled on this server")
+            presented = state.get(invites.PRESENTED)
             if iq.get("type") == "get":
-                return iq_result(iq, _form(instructions="Choose a username and password."))
+                preset = invites.preset_username(server, presented)
+                return iq_result(iq, _form(instructions="Choose a username and password.", username=preset))
             if iq.get("type") != "set":
                 raise StanzaError("bad-request")
             username, password = _credentials(iq)
             registrations = server.auth.registrations
             if registrations.blocked(state["address"]):
                 raise StanzaError("policy-violation", "too many accounts created from your address; try later")
-            await _create(server, username, password)
+            await _create(server, username, password, presented)
             registrations.record(state["address"])
             log.info("registered %s@%s in-band", username, server.domain)
+            if presented is not None:  # one account per token presented
+                del state[invites.PRESENTED], state[invites.MAY_REGISTER]
             return iq_result(iq)
         except StanzaError as error:
             return error_reply(iq, error)
@@ -72,14 +78,14 @@ def setup(server: Server) -> None:
     server.add_disco_feature(ns.REGISTER)
 
 
-def _form(*, instructions: str | None = None, registered: bool = False) -> Element:
+def _form(*, instructions: str | None = None, registered: bool = False, username: str | None = None) -> Element:
     query = etree.Element(Q + "query", nsmap={None: ns.REGISTER})
     if registered:
         etree.SubElement(query, Q + "registered")
         return query
     if instructions:
         etree.SubElement(query, Q + "instructions").text = instructions
-    etree.SubElement(query, Q + "username")
+    etree.SubElement(query, Q + "username").text = username  # an invite's preset name, if any
     etree.SubElement(query, Q + "password")
     return query
 
@@ -104,12 +110,16 @@ async def _derive(server: Server, password: str) -> users.Credentials:
         raise StanzaError("not-acceptable", f"password not allowed: {exc}") from None
 
 
-async def _create(server: Server, username: str, password: str) -> None:
+async def _create(server: Server, username: str, password: str, presented: invites.Presented | None) -> None:
+    """The account, and the use of the invite token the stream presented, in one transaction."""
     credentials = await _derive(server, password)
     try:
-        await server.db.write(users.insert_user, username, credentials)
+        friendship = await server.db.write(invites.sign_up, username, credentials, presented, server.domain,
+                                           server.config.limits.roster_items)
     except users.UserExists:
         raise StanzaError("conflict", "that username is taken") from None
+    if friendship is not None:
+        invites.welcome(server, username, friendship)
 
 
 async def _change_password(server: Server, routed: Routed, username: str) -> None:
