@@ -193,13 +193,18 @@ class Link:
         return _read_reply(self._emulator, timeout)
 
     def _teardown(self) -> None:
-        for proc in self._processes:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        kill_all(self._processes)
+
+
+def kill_all(processes: list[subprocess.Popen]) -> None:
+    """Kill those still running and reap them (bounded): a test's processes in a namespace it tears down."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _read_reply(proc: subprocess.Popen, timeout: float) -> Any:

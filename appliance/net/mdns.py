@@ -23,7 +23,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 import trio
-from zeroconf import ServiceInfo, Zeroconf
+from zeroconf import AddressResolver, ServiceInfo, Zeroconf
 
 from appliance import __version__
 from appliance.config import Config
@@ -36,6 +36,7 @@ XMPPS_CLIENT = "_xmpps-client._tcp.local."
 HTTP = "_http._tcp.local."
 GOODBYE_TIMEOUT = 3.0            # seconds the shutdown waits for the goodbye packets
 ADDRESS_CHECK_INTERVAL = 10.0    # seconds between looks at the LAN addresses (DHCP renumbering, Wi-Fi up)
+HOST_PROBE_MS = 1000             # how long to wait for another device answering for our host name
 MAX_INSTANCE_BYTES = 60          # a DNS label is at most 63 bytes; zeroconf may append "-2"
 
 
@@ -59,17 +60,25 @@ def txt_records(config: Config, fingerprint: str, http_url: str | None) -> dict[
     return records
 
 
-def service_infos(config: Config, addresses: list[str], c2s_port: int, c2s_tls_port: int,
-                  fingerprint: str, http_url: str | None) -> list[ServiceInfo]:
-    """One ServiceInfo per announced service type, all with the same instance name, host and TXT."""
+def service_ports(c2s_port: int, c2s_tls_port: int, http_url: str | None) -> dict[str, int]:
     ports = {XMPP_CLIENT: c2s_port, XMPPS_CLIENT: c2s_tls_port}
     if http_url:
         url = urlsplit(http_url)
         ports[HTTP] = url.port or (443 if url.scheme == "https" else 80)
-    name, properties = instance_name(config), txt_records(config, fingerprint, http_url)
-    return [ServiceInfo(kind, f"{name}.{kind}", port=port, properties=properties,
-                        server=f"{host_label()}.local.", parsed_addresses=addresses)
-            for kind, port in ports.items()]
+    return ports
+
+
+def free_host_name(zc: Zeroconf, addresses: list[str]) -> str:
+    """`<hostname>.local.`, or `<hostname>-2.local.` (-3, ...) when another device answers for that name
+    with none of our addresses: two boxes both called "raspberrypi". zeroconf probes instance names only;
+    an answer sharing an address is this machine itself (its avahi-daemon, say)."""
+    n = 1
+    while True:
+        host = f"{host_label()}{'' if n == 1 else f'-{n}'}.local."
+        other = AddressResolver(host)
+        if not other.request(zc, HOST_PROBE_MS) or set(other.parsed_addresses()) & set(addresses):
+            return host
+        n += 1
 
 
 async def announce(config: Config, c2s_port: int, c2s_tls_port: int, fingerprint: str,
@@ -78,12 +87,13 @@ async def announce(config: Config, c2s_port: int, c2s_tls_port: int, fingerprint
     """Announce until cancelled, then say goodbye. `started()` comes once the services are registered,
     or at once when they cannot be (logged: the server runs on without mDNS)."""
     addresses = list(config.mdns.interfaces) or lan_addresses()
-    if not addresses:
-        log.warning("mDNS: no LAN address to announce on (is the network up?); `appliance discover` will "
-                    "not find this box until it restarts with one, or set [mdns] interfaces")
+    if not addresses:  # a box that starts before its DHCP lease: the announcement waits, the server does not
+        log.warning("mDNS: no LAN address yet (is the network up?); announcing once there is one")
         task_status.started()
-        return
-    infos = service_infos(config, addresses, c2s_port, c2s_tls_port, fingerprint, http_url)
+        task_status = trio.TASK_STATUS_IGNORED
+        while not addresses:
+            await trio.sleep(ADDRESS_CHECK_INTERVAL)
+            addresses = lan_addresses()
     try:
         zc = await trio.to_thread.run_sync(Zeroconf, addresses)
     except Exception as exc:  # no multicast route, no permission, odd interfaces: none may stop the server
@@ -91,11 +101,12 @@ async def announce(config: Config, c2s_port: int, c2s_tls_port: int, fingerprint
         task_status.started()
         return
     try:
-        registered = await _register(zc, infos, addresses, instance_name(config))
+        infos = await _register(zc, config, addresses, service_ports(c2s_port, c2s_tls_port, http_url),
+                                txt_records(config, fingerprint, http_url))
         task_status.started()
-        if registered and config.mdns.interfaces:
+        if infos and config.mdns.interfaces:
             await trio.sleep_forever()  # the operator chose the addresses: they are not followed
-        elif registered:
+        elif infos:
             await _follow_addresses(zc, infos, addresses)
     finally:
         with trio.move_on_after(GOODBYE_TIMEOUT) as goodbye:
@@ -106,8 +117,9 @@ async def announce(config: Config, c2s_port: int, c2s_tls_port: int, fingerprint
                         "its records expire", GOODBYE_TIMEOUT)
 
 
-async def _register(zc: Zeroconf, infos: list[ServiceInfo], addresses: list[str], wanted: str) -> bool:
-    """Probe and announce each service; False (logged) when that fails."""
+async def _register(zc: Zeroconf, config: Config, addresses: list[str], ports: dict[str, int],
+                    txt: dict[str, str]) -> list[ServiceInfo] | None:
+    """Claim a host name, then probe and announce each service; None (logged) when that fails."""
     failures: list[Exception] = []
 
     async def register(info: ServiceInfo) -> None:
@@ -116,19 +128,34 @@ async def _register(zc: Zeroconf, infos: list[ServiceInfo], addresses: list[str]
         except Exception as exc:
             failures.append(exc)
 
+    try:
+        host = await trio.to_thread.run_sync(free_host_name, zc, addresses)
+    except Exception as exc:
+        _warn_unavailable(addresses, exc)
+        return None
+    wanted = instance_name(config)
+    infos = [ServiceInfo(kind, f"{wanted}.{kind}", port=port, properties=txt, server=host,
+                         parsed_addresses=addresses) for kind, port in ports.items()]
     async with trio.open_nursery() as nursery:  # the probes take about 1.5 s each: run them side by side
         for info in infos:
             nursery.start_soon(register, info)
     if failures:
         _warn_unavailable(addresses, failures[0])
-        return False
+        return None
+    _log_announced(infos, wanted, addresses)
+    return infos
+
+
+def _log_announced(infos: list[ServiceInfo], wanted: str, addresses: list[str]) -> None:
     names = sorted({info.name[:-len(info.type) - 1] for info in infos})
-    log.info("mDNS: announced %s as %r on %s (ports %s)", ", ".join(i.type for i in infos),
-             " / ".join(names), ", ".join(addresses), ", ".join(str(i.port) for i in infos))
+    log.info("mDNS: announced %s as %r on %s (host %s, ports %s)", ", ".join(i.type for i in infos),
+             " / ".join(names), ", ".join(addresses), infos[0].server, ", ".join(str(i.port) for i in infos))
     if names != [wanted]:
         log.warning("mDNS: another device on the LAN announces %r; this box was renamed %r (set [mdns] "
                     "instance to choose a name of your own)", wanted, " / ".join(names))
-    return True
+    if infos[0].server != f"{host_label()}.local.":
+        log.warning("mDNS: another device on the LAN answers for %s.local; this box is %s", host_label(),
+                    infos[0].server)
 
 
 async def _follow_addresses(zc: Zeroconf, infos: list[ServiceInfo], addresses: list[str]) -> None:
@@ -139,19 +166,22 @@ async def _follow_addresses(zc: Zeroconf, infos: list[ServiceInfo], addresses: l
         found = lan_addresses()
         if not found or set(found) == set(current):
             continue  # no address at all: keep the old records, the link is probably just down
-        log.info("mDNS: LAN addresses changed from %s to %s; announcing the new ones",
-                 ", ".join(current), ", ".join(found))
         try:
             await trio.to_thread.run_sync(_readdress, zc, infos, found)
-            current = found
         except Exception as exc:
-            log.warning("mDNS: could not announce the new addresses (%s); will try again", exc)
+            log.warning("mDNS: LAN addresses changed to %s but could not be announced (%s); will try again",
+                        ", ".join(found), exc)
+            continue
+        log.info("mDNS: LAN addresses changed from %s to %s; announced the new ones",
+                 ", ".join(current), ", ".join(found))
+        current = found
 
 
 def _readdress(zc: Zeroconf, infos: list[ServiceInfo], addresses: list[str]) -> None:
+    for info in infos:  # first the records, so that no answer carries a stale address after the switch
+        info.addresses = addresses
     zc.update_interfaces(addresses)
     for info in infos:
-        info.addresses = addresses
         zc.update_service(info)
 
 
