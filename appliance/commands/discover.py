@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         return USAGE
     try:
         found = browse(args.timeout)
-    except OSError as exc:
-        print(f"appliance discover: cannot listen for mDNS on this machine: {exc}", file=sys.stderr)
+    except (OSError, RuntimeError) as exc:  # zeroconf raises RuntimeError when no interface has an address
+        print(f"appliance discover: cannot listen for mDNS on this machine ({exc}); is the network up?",
+              file=sys.stderr)
         return NONE_FOUND
     if args.json:
         print(json.dumps(found, indent=2))

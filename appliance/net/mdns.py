@@ -48,7 +48,7 @@ def host_label() -> str:
 
 def instance_name(config: Config) -> str:
     name = config.mdns.instance or f"Chat appliance on {host_label()}"
-    return name.encode()[:MAX_INSTANCE_BYTES].decode(errors="ignore").replace(".", " ")
+    return name.encode()[:MAX_INSTANCE_BYTES].decode(errors="ignore")
 
 
 def txt_records(config: Config, fingerprint: str, http_url: str | None) -> dict[str, str]:
