@@ -50,6 +50,9 @@ async def run(config: Config, *, handle_signals: bool = True,
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             service.hibernation.nursery = nursery
+            if handle_signals:  # first: a SIGTERM while the listeners open is a clean stop, not a kill
+                await nursery.start(_stop_on_signal, stop)
+                nursery.start_soon(_stats_on_signal, server)
             ports = await nursery.start(lambda **kw: service.listen(config.c2s_port, direct_tls=False, **kw))
             tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
             if config.http.enabled:
@@ -60,9 +63,6 @@ async def run(config: Config, *, handle_signals: bool = True,
                 http_url = links.http_base(config) if config.http.enabled else None
                 nursery.start_soon(mdns.announce, config, ports[0], tls_ports[0],
                                    certs.fingerprint_sha256(config.cert_path), http_url)
-            if handle_signals:
-                nursery.start_soon(_stop_on_signal, stop)
-                nursery.start_soon(_stats_on_signal, server)
             log.info("serving %s (database %s)", config.domain, config.database_path)
             task_status.started(Running(server, ports, tls_ports, stop))
             await stop.wait()
@@ -86,8 +86,10 @@ async def _stats_on_signal(server: Server) -> None:
             log.info("stats %s", json.dumps(stats(server), sort_keys=True))
 
 
-async def _stop_on_signal(stop: trio.Event) -> None:
+async def _stop_on_signal(stop: trio.Event, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
             stop.set()

@@ -8,6 +8,13 @@ import pytest
 from tests.harness import ServerProcess
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked `long_running` (minutes on a slow link) first: with pytest-xdist's
+    `--dist loadfile` (scripts/test.sh) a file that starts last finishes last, and the suite's time
+    is that of its busiest worker. The sort is stable, so everything else keeps its order."""
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One appliance per test module (registration enabled), stopped by its PID at the end."""

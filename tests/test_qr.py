@@ -13,6 +13,10 @@ PIN = "AB:" * 31 + "CD"
 NOW = 1_800_000_000.0
 
 
+# Fixed ids: the tokens are random, and pytest-xdist workers must collect the same test names.
+URI_IDS = ["account", "preset-username", "contact", "ip-domain-no-pin"]
+
+
 def uris() -> list[str]:
     return [
         invite_uri(new_invite(ACCOUNT, inviter=None, now=NOW), "box.local", PIN),
@@ -23,7 +27,7 @@ def uris() -> list[str]:
 
 
 @needs_zbarimg
-@pytest.mark.parametrize("uri", uris())
+@pytest.mark.parametrize("uri", uris(), ids=URI_IDS)
 def test_png_round_trip(tmp_path, uri):
     image = tmp_path / "invite.png"
     image.write_bytes(qr.png(uri))
@@ -31,7 +35,7 @@ def test_png_round_trip(tmp_path, uri):
 
 
 @needs_zbarimg
-@pytest.mark.parametrize("uri", uris())
+@pytest.mark.parametrize("uri", uris(), ids=URI_IDS)
 def test_terminal_round_trip(tmp_path, uri):
     assert decode_terminal(qr.terminal(uri), tmp_path) == uri
 
