@@ -88,6 +88,36 @@ class Mdns:
 
 
 @dataclass
+class Notifications:
+    default_ttl_hours: float = 168.0        # a notification without a time-to-live expires after a week
+    max_ttl_days: float = 90.0              # longer time-to-live asked for: 400 with the reason
+    max_request_bytes: int = 65536          # API request body; larger: 413
+    max_title_chars: int = 200
+    max_body_chars: int = 4000
+
+
+@dataclass
+class Push:
+    enabled: bool = True                    # XEP-0357 push to app servers
+    min_interval_seconds: float = 10.0      # at most one push per device in this time (more are coalesced)
+    max_registrations_per_user: int = 10    # devices/app servers one account may enable
+
+
+@dataclass
+class Admin:
+    session_hours: float = 12.0             # a signed-in admin page session lasts this long
+    sign_in_failures_per_address: int = 5   # failed sign-ins within the window before 429
+    sign_in_window: float = 300.0           # seconds
+
+
+@dataclass
+class Components:
+    port: int = 5347                        # XEP-0114 external components (app servers, gateways); 0: off
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    secrets: list[str] = field(default_factory=list)  # "subdomain.DOMAIN=secret" entries; none: off
+
+
+@dataclass
 class Config:
     domain: str = field(default_factory=lambda: socket.gethostname().lower() + ".local")
     data_dir: Path = Path("data")
@@ -110,6 +140,10 @@ class Config:
     invites: Invites = field(default_factory=Invites)
     http: Http = field(default_factory=Http)
     mdns: Mdns = field(default_factory=Mdns)
+    notifications: Notifications = field(default_factory=Notifications)
+    push: Push = field(default_factory=Push)
+    admin: Admin = field(default_factory=Admin)
+    components: Components = field(default_factory=Components)
 
     @property
     def database_path(self) -> Path:

@@ -116,6 +116,71 @@ MIGRATIONS: list[str] = [
     -- from the invite `serve` prints on first start, and those invited as administrators.
     ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: notifications and their deliveries, groups, API keys, XEP-0357 push registrations.
+    """
+    -- A notification pushed through the API, the admin page or `appliance notify`. Its recipients
+    -- are fixed when it is created (a group's members then, everyone then, who was online then).
+    CREATE TABLE notifications (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: API clients keep ids
+        created   REAL NOT NULL,                      -- unix time
+        expires   REAL,                               -- unix time; NULL: never
+        title     TEXT NOT NULL,
+        body      TEXT NOT NULL DEFAULT '',
+        link      TEXT,                               -- XEP-0066 out-of-band URL
+        priority  TEXT NOT NULL DEFAULT 'normal'
+                  CHECK (priority IN ('low', 'normal', 'high', 'urgent')),
+        audience  TEXT NOT NULL,                      -- JSON: what was asked for, for the record
+        sender    TEXT NOT NULL DEFAULT ''            -- API key name, admin JID or 'cli'
+    );
+
+    -- One row per recipient; delivered is set when the client acknowledged the stanza (XEP-0198),
+    -- or when it was written to a client without stream management.
+    CREATE TABLE notification_deliveries (
+        notification_id  INTEGER NOT NULL REFERENCES notifications(id) ON DELETE CASCADE,
+        username         TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        delivered        REAL,                        -- unix time; NULL: pending
+        PRIMARY KEY (notification_id, username)
+    ) WITHOUT ROWID;
+    CREATE INDEX notification_deliveries_pending ON notification_deliveries(username, notification_id)
+        WHERE delivered IS NULL;
+
+    -- Named sets of users, for notifications (and later group chat invites).
+    CREATE TABLE user_groups (
+        name      TEXT PRIMARY KEY,
+        created   REAL NOT NULL
+    );
+    CREATE TABLE user_group_members (
+        group_name  TEXT NOT NULL REFERENCES user_groups(name) ON DELETE CASCADE,
+        username    TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        PRIMARY KEY (group_name, username)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_group_members_by_user ON user_group_members(username);
+
+    -- Bearer keys of the notification API. The secret is shown once, at creation; only its
+    -- SHA-256 is kept (a key is 32 random bytes: no slow hash needed against guessing).
+    CREATE TABLE api_keys (
+        name         TEXT PRIMARY KEY,
+        secret_hash  BLOB NOT NULL UNIQUE,
+        created      REAL NOT NULL,
+        last_used    REAL,
+        revoked      INTEGER NOT NULL DEFAULT 0
+    );
+
+    -- XEP-0357: where to send a push for a user's device (one row per app server and node).
+    CREATE TABLE push_registrations (
+        username      TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        service       TEXT NOT NULL,                  -- the app server's JID
+        node          TEXT NOT NULL,
+        options       TEXT NOT NULL DEFAULT '{}',     -- JSON of the publish-options form fields
+        include_body  INTEGER NOT NULL DEFAULT 0,     -- the user allowed message bodies in pushes
+        created       REAL NOT NULL,
+        PRIMARY KEY (username, service, node)
+    ) WITHOUT ROWID;
+
+    -- A password-reset invite (admin page "reset by invite"): redeeming it sets a new password
+    -- for the existing account its `username` names, instead of creating one.
+    ALTER TABLE invites ADD COLUMN reset INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
