@@ -12,3 +12,5 @@ class Event(Enum):
     USER_DELETED = "user-deleted"              # username: account removed
     DELIVERY_CONFIRMED = "delivery-confirmed"  # username, receipts: the client has these stored stanzas
     RECEIPTS_RELEASED = "receipts-released"    # username: a session ended with stored stanzas unconfirmed
+    OWNED_CONFIRMED = "owned-confirmed"        # username, [OwnedReceipt]: the client has these tracked stanzas
+    OWNED_RELEASED = "owned-released"          # username, [OwnedReceipt]: a session ended without confirming these

@@ -17,7 +17,7 @@ from appliance.config import Config
 from appliance.core.auth import AuthManager
 from appliance.core.events import Event
 from appliance.core.router import Handler, Routed, RoutingTable, Target, classify, namespaces_of, parse_to
-from appliance.core.session import Session, SessionTable
+from appliance.core.session import OwnedReceipt, Receipt, Session, SessionTable
 from appliance.proto.c2s import Stage
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import JID, InvalidJID
@@ -47,7 +47,7 @@ class Server:
         self.disco_features: dict[str, set[str]] = {"server": set(), "account": set()}
         self.nonza: dict[str, NonzaHandler] = {}          # top-level elements after bind, by namespace
         self.resumable: dict[str, Session] = {}           # XEP-0198 resumption id -> session
-        self.in_flight: Counter[int] = Counter()          # receipts held by live sessions (and how many)
+        self.in_flight: Counter[Receipt] = Counter()      # receipts held by live sessions (and how many)
         self._observers: dict[Event, list[tuple[int, Observer]]] = {}
 
     # ---- the Feature API ----------------------------------------------------------------------
@@ -121,7 +121,7 @@ class Server:
         session.closed = True
         session.presence = None
 
-    def deliver(self, session: Session, stanza: Element, receipt: int | None = None) -> bool:
+    def deliver(self, session: Session, stanza: Element, receipt: Receipt | None = None) -> bool:
         """Queue for one session. A full outbox means a reader too slow: close it, report failure.
         With a receipt (the stanza's durable copy), the copy is deleted once the client has it."""
         if session.closing or session.closed:
@@ -134,7 +134,7 @@ class Server:
         session.terminate(StreamError("policy-violation", "too many stanzas waiting: you read too slowly"))
         return False
 
-    async def deliver_patiently(self, session: Session, stanza: Element, receipt: int | None = None) -> bool:
+    async def deliver_patiently(self, session: Session, stanza: Element, receipt: Receipt | None = None) -> bool:
         """Queue for one session, waiting while its outbox is full: for bulk sends (offline messages)
         that must not make a reader look too slow. Ends when the stanza is queued or the session ends."""
         if session.closing or session.closed or not await session.push_wait(stanza):
@@ -142,12 +142,12 @@ class Server:
         self._hold(session, stanza, receipt)
         return True
 
-    def _hold(self, session: Session, stanza: Element, receipt: int | None) -> None:
+    def _hold(self, session: Session, stanza: Element, receipt: Receipt | None) -> None:
         if receipt is not None:
             session.receipts[stanza] = receipt
             self.in_flight[receipt] += 1
 
-    def _release(self, session: Session, stanza: Element) -> int | None:
+    def _release(self, session: Session, stanza: Element) -> Receipt | None:
         receipt = session.receipts.pop(stanza, None)
         if receipt is not None:
             self.in_flight[receipt] -= 1
@@ -158,8 +158,11 @@ class Server:
     async def confirm(self, session: Session, stanzas: list[Element]) -> None:
         """The client has these stanzas: their durable copies can go."""
         done = [r for s in stanzas if (r := self._release(session, s)) is not None]
-        if done:
-            await self.emit(Event.DELIVERY_CONFIRMED, session.username, done)
+        stored = [r for r in done if not isinstance(r, OwnedReceipt)]
+        if stored:
+            await self.emit(Event.DELIVERY_CONFIRMED, session.username, stored)
+        if owned := [r for r in done if isinstance(r, OwnedReceipt)]:
+            await self.emit(Event.OWNED_CONFIRMED, session.username, owned)
 
     async def end_session(self, session: Session, unsent: list[Element]) -> None:
         """A session is over for good; what the client never confirmed goes round again."""
@@ -176,14 +179,19 @@ class Server:
     async def undelivered(self, session: Session, stanzas: list[Element]) -> None:
         """Stanzas a session will never get: messages go round again (another resource, or offline
         storage; one already stored keeps its stored copy), requests bounce; presence is state and
-        is re-sent on probe."""
+        is re-sent on probe. A stanza with an OwnedReceipt goes back to the feature that owns it."""
+        owned: list[OwnedReceipt] = []
         for stanza in stanzas:
             receipt = self._release(session, stanza)
             kind = kind_of(stanza)
-            if kind == "message" and stanza.get("type") != "error":
+            if isinstance(receipt, OwnedReceipt):
+                owned.append(receipt)
+            elif kind == "message" and stanza.get("type") != "error":
                 await self.route(stanza, receipt=receipt)
             elif kind == "iq" and stanza.get("type") in ("get", "set"):
                 await self.route(error_reply(stanza, StanzaError("recipient-unavailable")))
+        if owned:
+            await self.emit(Event.OWNED_RELEASED, session.username, owned)
 
     # ---- routing ----------------------------------------------------------------------------------
 

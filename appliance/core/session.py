@@ -10,6 +10,19 @@ from appliance.proto.jid import JID
 from appliance.proto.stanza import Element
 
 
+@dataclass(frozen=True, slots=True)
+class OwnedReceipt:
+    """The receipt of a stanza that a feature tracks itself (not an offline row): when the client
+    has it, Event.OWNED_CONFIRMED tells the feature; when its session ends without that, the stanza
+    is not routed again but given back with Event.OWNED_RELEASED (the feature sends it again)."""
+    owner: str        # the feature, e.g. "notification"
+    id: int           # what the feature tracks, e.g. the notification's id
+    username: str     # whose delivery it is
+
+
+Receipt = int | OwnedReceipt   # an int: the stanza's offline row (features/offline.py)
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     jid: JID                                  # full JID
@@ -25,9 +38,10 @@ class Session:
     # when it took the stanza, which then counts as delivered; it must push or hand it back later.
     gate: Callable[[Element], bool] | None = None
     state: dict[str, Any] = field(default_factory=dict)   # per-session state of features, by feature name
-    # Delivery receipts: stanza -> its durable copy (offline row id). The row is deleted once the
-    # client has the stanza (XEP-0198 ack, or written to a stream without stream management).
-    receipts: dict[Element, int] = field(default_factory=dict)
+    # Delivery receipts: stanza -> its durable copy (offline row id) or an OwnedReceipt. The row is
+    # deleted once the client has the stanza (XEP-0198 ack, or written to a stream without stream
+    # management).
+    receipts: dict[Element, Receipt] = field(default_factory=dict)
     sm: Any = None                            # proto.sm.StreamManagement once enabled
     link: Any = None                          # the connection serving it; None while hibernating
     closing: bool = False                     # terminate() was called; closed follows at unbind

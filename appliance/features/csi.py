@@ -12,7 +12,8 @@ are about waking the phone, never about losing anything:
 - **held, coalesced**: available and unavailable presence: only the latest per sender full JID
   is kept (it is state, and the newest state is all the client needs);
 - **held, in order**: the rest: chat states, receipts and markers without a body, headlines
-  (PEP/pubsub events, which use them), presence errors.
+  (PEP/pubsub events, which use them; but a notification of priority high or urgent, marked by
+  features/notifications.py, goes out at once), presence errors.
 
 Before an urgent stanza goes out, everything held is flushed in order, so the client sees a
 consistent history. The buffer is bounded (`[limits] csi_buffer`); when it is full everything is
@@ -46,6 +47,7 @@ _URGENT_CHILDREN = (
     "{jabber:x:conference}x",                                # XEP-0249 invitation
     "{http://jabber.org/protocol/muc#user}x/{http://jabber.org/protocol/muc#user}invite",
 )
+_WAKING_NOTIFICATION = f"{{{ns.NOTIFICATION}}}notification[@wake='true']"
 _CARBON_PAYLOAD = (f"{{{ns.CARBONS}}}sent/{{{ns.FORWARD}}}forwarded/{{{ns.CLIENT}}}message",
                    f"{{{ns.CARBONS}}}received/{{{ns.FORWARD}}}forwarded/{{{ns.CLIENT}}}message")
 
@@ -93,7 +95,7 @@ def is_urgent(stanza: Element) -> bool:
     if stanza_type == "error":
         return True
     if stanza_type == "headline":
-        return False
+        return stanza.find(_WAKING_NOTIFICATION) is not None
     inner = next((m for path in _CARBON_PAYLOAD if (m := stanza.find(path)) is not None), stanza)
     return any(inner.find(path) is not None for path in _URGENT_CHILDREN)
 

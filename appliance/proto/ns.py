@@ -38,3 +38,4 @@ IBR_TOKEN = "urn:xmpp:ibr-token:0"     # XEP-0445 stream feature: registration w
 INVITE = "urn:xmpp:invite"             # XEP-0401 (older) stream feature and ad-hoc command nodes' prefix
 COMMANDS = "http://jabber.org/protocol/commands"   # XEP-0050 ad-hoc commands
 OOB = "jabber:x:oob"                   # XEP-0066 out-of-band data (links)
+NOTIFICATION = "urn:appliance:notification:0"   # our notifications' id and priority (features/notifications.py)
