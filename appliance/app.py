@@ -16,6 +16,7 @@ from appliance.net import certs, http, mdns
 from appliance.net.c2s import C2SService
 from appliance.pairing import links
 from appliance.store.db import Database
+from appliance.web.local_key import write_local_key
 
 log = logging.getLogger("appliance")
 
@@ -56,6 +57,7 @@ async def run(config: Config, *, handle_signals: bool = True,
             ports = await nursery.start(lambda **kw: service.listen(config.c2s_port, direct_tls=False, **kw))
             tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
             if config.http.enabled:
+                write_local_key(db, config.data_dir)  # for `appliance notify` on this machine
                 web_tls = http.https_context(config.cert_path, config.key_path) if config.http.tls_port else None
                 await nursery.start(http.serve_http, server, config, web_tls)
                 log.info("invite pages at %s/invite/...", links.http_base(config))

@@ -4,11 +4,18 @@ members, seen by slixmpp clients)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any, Iterator
+
 import pytest
 
 from appliance.cli import main
 from appliance.store import groups, users
 from appliance.store.db import Database
+from tests.api_client import Api, create_key, web_server
+from tests.harness import DOMAIN as DOMAIN_OF_SERVER
+from tests.slix import connected, run
 
 DOMAIN = "example.local"
 
@@ -115,3 +122,69 @@ def test_cli_usage_without_users(group_cli):
         group_cli("add", "staff")
     assert exited.value.code == 2
 
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    server, port = web_server(tmp_path_factory.mktemp("groups-api"))
+    try:
+        for name in ("alice", "bob", "carol"):
+            server.add_user(name)
+        api = Api(server, port)
+        api.key = create_key(server, "groups")
+        yield api
+    finally:
+        server.stop()
+
+
+def test_api_put_get_list_delete(api: Api) -> None:
+    created = api.request("PUT", "/api/v1/groups/kitchen", {"members": ["bob", f"alice@{DOMAIN_OF_SERVER}"]})
+    assert (created.status, created.json) == (201, {"name": "kitchen", "members": ["alice", "bob"]})
+    assert created.headers["Location"] == "/api/v1/groups/kitchen"
+    replaced = api.request("PUT", "/api/v1/groups/kitchen", {"members": ["carol", "Carol"]})
+    assert (replaced.status, replaced.json) == (200, {"name": "kitchen", "members": ["carol"]})
+    assert "Location" not in replaced.headers
+    shown = api.request("GET", "/api/v1/groups/kitchen")
+    assert (shown.status, shown.json) == (200, {"name": "kitchen", "members": ["carol"]})
+    assert api.request("PUT", "/api/v1/groups/empty.one", {"members": []}).status == 201
+    listed = api.request("GET", "/api/v1/groups").json["groups"]
+    assert {"name": "empty.one", "members": []} in listed and {"name": "kitchen", "members": ["carol"]} in listed
+    deleted = api.request("DELETE", "/api/v1/groups/empty.one")
+    assert (deleted.status, deleted.body) == (204, b"")
+    assert api.request("GET", "/api/v1/groups/empty.one").status == 404
+
+
+def test_cli_and_api_change_the_same_groups(api: Api) -> None:
+    made = api.server.cli("group", "create", "bar", "alice")
+    assert made.returncode == 0, made.stderr
+    assert api.request("GET", "/api/v1/groups/bar").json["members"] == ["alice"]
+    assert api.request("PUT", "/api/v1/groups/bar", {"members": ["alice", "bob"]}).status == 200
+    listed = api.server.cli("group", "list", "--json")
+    assert {"name": "bar", "members": ["alice", "bob"]} in json.loads(listed.stdout)
+    deleted_user = api.server.cli("user", "del", "bob")
+    assert deleted_user.returncode == 0, deleted_user.stderr
+    assert api.request("GET", "/api/v1/groups/bar").json["members"] == ["alice"]
+    api.server.add_user("bob")   # back for the other tests
+
+
+def test_a_notification_to_a_group_reaches_exactly_its_members(api: Api) -> None:
+    assert api.request("PUT", "/api/v1/groups/deck", {"members": ["alice", "bob"]}).status in (200, 201)
+    domain = api.server.domain
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        clients = {name: await connected(api.server, f"{name}@{domain}") for name in ("alice", "bob", "carol")}
+        try:
+            sent = await asyncio.to_thread(api.notify, {"group": "deck"}, title="All hands on deck")
+            assert (sent["recipients"], sent["to"]) == (2, {"group": "deck"})
+            got = [await clients[name].next_message() for name in ("alice", "bob")]
+            await asyncio.to_thread(api.notify, {"users": ["carol"]}, title="Only for carol")
+            carol = await clients["carol"].next_message()   # the first thing carol gets is hers
+            return got, [carol, *[c.messages.get_nowait() for c in clients.values() if not c.messages.empty()]]
+        finally:
+            for client in clients.values():
+                await client.logout()
+
+    members, others = run(scenario())
+    assert [(m["type"], m["subject"], m["to"].bare) for m in members] == [
+        ("headline", "All hands on deck", f"alice@{domain}"), ("headline", "All hands on deck", f"bob@{domain}")]
+    assert [m["subject"] for m in others] == ["Only for carol"]

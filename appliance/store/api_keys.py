@@ -78,3 +78,9 @@ def list_keys(conn: sqlite3.Connection) -> list[ApiKey]:
 def revoke(conn: sqlite3.Connection, name: str) -> bool:
     """False when there is no such key or it was revoked already."""
     return conn.execute("UPDATE api_keys SET revoked = 1 WHERE name = ? AND revoked = 0", (name,)).rowcount > 0
+
+
+def replace_key(conn: sqlite3.Connection, name: str, secret: str, now: float) -> None:
+    """Make the key `name` anew: the previous secret under that name stops working."""
+    conn.execute("DELETE FROM api_keys WHERE name = ?", (name,))
+    insert_key(conn, name, secret, now)

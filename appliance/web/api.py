@@ -87,6 +87,7 @@ def _unauthorized(reason: str) -> ApiError:
 
 async def read_json(request: Request) -> Any:
     """The request body as JSON, read no further than max_request_bytes (413 beyond)."""
+    _require_json_type(request)
     limit = context(request).config.notifications.max_request_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -100,6 +101,14 @@ async def read_json(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise ApiError(400, "malformed-json", "the request body is not valid JSON") from None
+
+
+def _require_json_type(request: Request) -> None:
+    """415 for a body declared as something else (curl -d sends a form); none declared is read as JSON."""
+    declared = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if declared and declared != "application/json" and not declared.endswith("+json"):
+        raise ApiError(415, "unsupported-media-type",
+                       f"the request body must be application/json, not {declared}")
 
 
 def _too_large(limit: int) -> ApiError:
@@ -160,7 +169,8 @@ def notification_request(data: Any, sender: str) -> NotificationRequest:
     ttl = data.get("ttl")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))):
         raise NotificationRejected("ttl must be a number of seconds")
-    return NotificationRequest(title=data["title"], body=data.get("body", ""), link=data.get("link"),
+    body = data.get("body")
+    return NotificationRequest(title=data["title"], body="" if body is None else body, link=data.get("link"),
                                priority=data.get("priority", "normal"), ttl_seconds=ttl,
                                audience=audience(data.get("to")), sender=sender)
 
@@ -201,6 +211,8 @@ def api_routes(server: Server, config: Config) -> list[BaseRoute]:
         Route("/v1/notifications", list_notifications, methods=["GET"]),
         Route("/v1/notifications/{id:int}", show_notification, methods=["GET"]),
     ]
+    from appliance.web import api_groups, openapi  # here: they import this module's helpers
+    routes += api_groups.group_routes() + openapi.openapi_routes()
     app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
     app.state.api = ApiContext(server, config)
     return [Mount(PREFIX, app=app)]
