@@ -160,11 +160,7 @@ def test_the_online_audience_is_who_was_online_then(api: Api) -> None:
 
 def test_a_session_that_ends_unacknowledged_leaves_it_pending(api: Api) -> None:
     (carol,) = users(api, "carol")
-    raw = RawClient(api.server).open()
-    raw.login(local(carol))
-    raw.send("<enable xmlns='urn:xmpp:sm:3'/>")
-    raw.read_until(b"/>")
-    raw.presence()
+    raw = raw_sm_session(api, carol)
     sent = api.notify({"users": [local(carol)]}, title="Parcel at the gate")
     assert b"Parcel at the gate" in raw.read_until(b"</message>")
     raw.close()   # got it, never acknowledged it
@@ -180,6 +176,35 @@ def test_a_session_that_ends_unacknowledged_leaves_it_pending(api: Api) -> None:
 
     message, status = run(scenario())
     assert message["subject"] == "Parcel at the gate"
+    assert (status["delivered"], status["pending"]) == (1, 0)
+
+
+def raw_sm_session(api: Api, jid: str) -> RawClient:
+    """A logged-in, available session with stream management that never acknowledges anything."""
+    raw = RawClient(api.server).open()
+    raw.login(local(jid))
+    raw.send("<enable xmlns='urn:xmpp:sm:3'/>")
+    raw.read_until(b"/>")
+    raw.presence()
+    return raw
+
+
+def test_what_an_ending_session_held_goes_to_the_users_other_session(api: Api) -> None:
+    (frank,) = users(api, "frank")
+    raw = raw_sm_session(api, frank)
+    sent = api.notify({"users": [local(frank)]}, title="Gate left open")
+    assert b"Gate left open" in raw.read_until(b"</message>")
+
+    async def scenario() -> dict[str, Any]:
+        desktop = await sm_client(api.server, frank)
+        await no_message(desktop, 1.5)   # the raw session holds it: not sent twice
+        raw.close()                      # ... and ends without acknowledging it
+        assert (await desktop.next_message())["subject"] == "Gate left open"
+        status = await counted(api, sent["id"], 1)
+        await desktop.logout()
+        return status
+
+    status = run(scenario())
     assert (status["delivered"], status["pending"]) == (1, 0)
 
 

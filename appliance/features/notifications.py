@@ -90,28 +90,14 @@ class DeliveryStatus:
 
 
 def setup(server: Server) -> None:
-    # Confirmed deliveries whose mark rides along with the next commit (db.write_soon); until it
-    # has committed, a pending row read from the store must not go out again.
-    marking: dict[tuple[int, str], PendingWrite] = {}
-
-    def skip(notification_id: int, username: str) -> bool:
-        if OwnedReceipt(OWNER, notification_id, username) in server.in_flight:
-            return True
-        job = marking.get((notification_id, username))
-        if job is not None and job.finished:
-            del marking[(notification_id, username)]
-            return False
-        return job is not None
+    marks = _Marks(server)
 
     async def login(session: Session) -> None:
         if session.priority >= 0:
-            await _deliver_pending(server, session, skip)
+            await _deliver_pending(server, session, marks.skip)
 
     async def confirmed(username: str, receipts: list[OwnedReceipt]) -> None:
-        pairs = [(r.id, username) for r in receipts if r.owner == OWNER]
-        if pairs:
-            job = server.db.write_soon(store.mark_delivered, pairs, time.time())
-            marking.update(dict.fromkeys(pairs, job))
+        marks.add([(r.id, username) for r in receipts if r.owner == OWNER])
 
     async def released(username: str, receipts: list[OwnedReceipt] | None = None) -> None:
         """A session ended holding notifications: the user's other sessions get them now."""
@@ -123,6 +109,37 @@ def setup(server: Server) -> None:
     server.on(Event.OWNED_CONFIRMED, confirmed)
     server.on(Event.OWNED_RELEASED, released)
     server.on(Event.RECEIPTS_RELEASED, released)
+
+
+class _Marks:
+    """Confirmed deliveries whose mark rides along with the next commit (db.write_soon: one write
+    for a batch of acks). Until it has committed, a pending row read from the store must not go
+    out again. Committed entries are pruned when the table has doubled since the last pruning."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.marking: dict[tuple[int, str], PendingWrite] = {}
+        self.prune_at = 1024
+
+    def add(self, pairs: list[tuple[int, str]]) -> None:
+        if not pairs:
+            return
+        job = self.server.db.write_soon(store.mark_delivered, pairs, time.time())
+        self.marking.update(dict.fromkeys(pairs, job))
+        if len(self.marking) >= self.prune_at:
+            for key in [key for key, job in self.marking.items() if job.finished]:
+                del self.marking[key]
+            self.prune_at = max(1024, 2 * len(self.marking))
+
+    def skip(self, notification_id: int, username: str) -> bool:
+        """Held by a live session, or confirmed and being marked."""
+        if OwnedReceipt(OWNER, notification_id, username) in self.server.in_flight:
+            return True
+        job = self.marking.get((notification_id, username))
+        if job is not None and job.finished:
+            del self.marking[(notification_id, username)]  # marked (a failed write is logged: sent again)
+            return False
+        return job is not None
 
 
 async def send_notification(server: Server, request: NotificationRequest) -> DeliveryStatus:
