@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -56,6 +56,11 @@ async def sm_client(server: ServerProcess, jid: str, **kwargs: Any) -> Client:
     return client
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.05)
+
+
 async def no_message(client: Client, wait: float) -> None:
     with pytest.raises(asyncio.TimeoutError):
         await client.next_message(timeout=wait)
@@ -66,7 +71,7 @@ def test_online_recipient_gets_the_headline_and_it_counts_once_acked(api: Api) -
 
     async def scenario() -> dict[str, Any]:
         phone = await sm_client(api.server, alice)
-        assert phone.plugin["xep_0198"].enabled_in
+        await asyncio.wait_for(until(lambda: phone.plugin["xep_0198"].enabled_in), 10)   # acks will count
         sent = api.notify({"users": [local(alice)]}, title="Order 42 ready", body="Counter 3",
                           link="https://shop.example/orders/42", priority="high", ttl=600)
         message = await phone.next_message()
@@ -213,6 +218,8 @@ def test_high_priority_wakes_an_inactive_client_and_low_waits(api: Api) -> None:
 
     async def scenario() -> None:
         phone = await sm_client(api.server, dave, plugins=SM_PLUGINS + ("xep_0352",))
+        # slixmpp may start the session before it has seen <csi/>, and ignores send_inactive until then.
+        await asyncio.wait_for(until(lambda: phone.plugin["xep_0352"].enabled), 10)
         phone.plugin["xep_0352"].send_inactive()
         await phone.plugin["xep_0199"].ping(timeout=10)   # the server has read <inactive/>
         api.notify({"users": [local(dave)]}, title="Fire alarm", priority="urgent")
