@@ -247,7 +247,7 @@ async def asgi_get(app: Any, path: str) -> int:
 
 
 def test_other_paths_and_methods(web: Web) -> None:
-    missing = web.request("/admin")
+    missing = web.request("/no-such-page")
     assert missing.status == 404 and "There is no page at this address." in missing.text
     assert missing.headers["Content-Type"] == "text/html; charset=utf-8"
     wrong = web.request(f"/invite/{contact_invite(web).token}", "POST")

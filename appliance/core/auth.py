@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections import deque
+
+import trio
+from scramp import ScramException, ScramMechanism
 
 from appliance.config import Limits
 from appliance.proto.sasl import AuthInfo, decoy_credentials
@@ -83,3 +87,25 @@ class ConnectionAuth:
 
     def succeeded(self, username: str) -> None:
         self.manager.accounts.clear(username)
+
+
+
+def password_matches(stored: users.ScramCredentials, password: str) -> bool:
+    """Does `password` give these SCRAM-SHA-256 keys? Checked as SCRAM does: SaltedPassword from the
+    stored salt and iterations, then H(HMAC(SaltedPassword, "Client Key")) must equal StoredKey.
+    Slow (PBKDF2): `verify_password` runs it in a thread."""
+    try:
+        _, stored_key, _, _ = ScramMechanism("SCRAM-SHA-256").make_auth_info(
+            password, iteration_count=stored.iterations, salt=stored.salt)
+    except ScramException:  # SASLprep refuses it: no stored password can be such a string
+        return False
+    return hmac.compare_digest(stored_key, stored.stored_key)
+
+
+async def verify_password(db: Database, username: str, password: str) -> bool:
+    """The admin page's sign-in: the keys are read on the event loop (the reader connection is
+    not shared with threads), the derivation runs in a thread."""
+    stored = db.read(users.scram_credentials, username, "SCRAM-SHA-256")
+    if stored is None:
+        return False
+    return await trio.to_thread.run_sync(password_matches, stored, password)

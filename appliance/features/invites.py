@@ -131,6 +131,10 @@ def sign_up(conn: sqlite3.Connection, username: str, credentials: users.Credenti
     if any(other.token != own and other.username and _same_name(other.username, username)
            for other in store.list_invites(conn, now)):
         raise StanzaError("conflict", f"the username {username} is kept for someone invited")  # XEP-0445 §5
+    if invite is not None and invite.reset:  # an admin's password reset: the account exists already
+        if not users.store_credentials(conn, username, credentials):
+            raise StanzaError("item-not-found", f"there is no account {username} to reset any more")
+        return Friendship(invite, [])
     users.insert_user(conn, username, credentials)
     if invite is None:
         return None

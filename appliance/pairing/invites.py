@@ -38,6 +38,7 @@ class Invite:
     expires: float | None = None    # None: never
     revoked: bool = False
     admin: bool = False             # the account it creates is an administrator
+    reset: bool = False             # sets a new password for the existing account `username`
 
     def problem(self, now: float) -> str | None:
         """Why this invite cannot be used now ("revoked", "expired", "used up"), or None."""

@@ -10,7 +10,7 @@ import sqlite3
 
 from appliance.pairing.invites import Invite
 
-_COLUMNS = "token, kind, inviter, username, max_uses, uses, created, expires, revoked, admin"
+_COLUMNS = "token, kind, inviter, username, max_uses, uses, created, expires, revoked, admin, reset"
 
 
 class InviteUnusable(Exception):
@@ -18,15 +18,16 @@ class InviteUnusable(Exception):
 
 
 def _invite(row: tuple) -> Invite:
-    token, kind, inviter, username, max_uses, uses, created, expires, revoked, admin = row
-    return Invite(token, kind, inviter, username, max_uses, uses, created, expires, bool(revoked), bool(admin))
+    token, kind, inviter, username, max_uses, uses, created, expires, revoked, admin, reset = row
+    return Invite(token, kind, inviter, username, max_uses, uses, created, expires, bool(revoked), bool(admin),
+                  bool(reset))
 
 
 def insert_invite(conn: sqlite3.Connection, invite: Invite) -> None:
     conn.execute(
-        f"INSERT INTO invites ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO invites ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (invite.token, invite.kind, invite.inviter, invite.username, invite.max_uses, invite.uses,
-         invite.created, invite.expires, int(invite.revoked), int(invite.admin)),
+         invite.created, invite.expires, int(invite.revoked), int(invite.admin), int(invite.reset)),
     )
 
 

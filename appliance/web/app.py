@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance.config import Config
 from appliance.core.server import Server
 from appliance.pairing.fingerprint import fingerprint_sha256
+from appliance.web.admin_pages import admin_routes
 from appliance.web.api import api_routes
 from appliance.web.invite_page import InvitePages
 from appliance.web.layout import CONTENT_SECURITY_POLICY, message_page
@@ -64,5 +65,6 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 def build_app(server: Server, config: Config) -> Starlette:
     invites = InvitePages(server, config, fingerprint_sha256(config.cert_path))
-    return Starlette(routes=invites.routes() + api_routes(server, config), middleware=[Middleware(DefaultHeaders)],
+    routes = invites.routes() + api_routes(server, config) + admin_routes(server, config)
+    return Starlette(routes=routes, middleware=[Middleware(DefaultHeaders)],
                      exception_handlers={404: _not_found, 405: _method_not_allowed})
