@@ -36,7 +36,7 @@ from appliance.proto.jid import JID, InvalidJID
 from appliance.proto.stanza import Element, make, sub
 from appliance.store import groups, users
 from appliance.store import notifications as store
-from appliance.store.db import PendingWrite
+from appliance.store.pending import UntilCommitted
 from appliance.store.notifications import StoredNotification
 
 log = logging.getLogger("appliance.notifications")
@@ -114,32 +114,20 @@ def setup(server: Server) -> None:
 class _Marks:
     """Confirmed deliveries whose mark rides along with the next commit (db.write_soon: one write
     for a batch of acks). Until it has committed, a pending row read from the store must not go
-    out again. Committed entries are pruned when the table has doubled since the last pruning."""
+    out again (store/pending.py)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.marking: dict[tuple[int, str], PendingWrite] = {}
-        self.prune_at = 1024
+        self.marking: UntilCommitted[tuple[int, str]] = UntilCommitted()
 
     def add(self, pairs: list[tuple[int, str]]) -> None:
-        if not pairs:
-            return
-        job = self.server.db.write_soon(store.mark_delivered, pairs, time.time())
-        self.marking.update(dict.fromkeys(pairs, job))
-        if len(self.marking) >= self.prune_at:
-            for key in [key for key, job in self.marking.items() if job.finished]:
-                del self.marking[key]
-            self.prune_at = max(1024, 2 * len(self.marking))
+        if pairs:
+            self.marking.add(pairs, self.server.db.write_soon(store.mark_delivered, pairs, time.time()))
 
     def skip(self, notification_id: int, username: str) -> bool:
         """Held by a live session, or confirmed and being marked."""
-        if OwnedReceipt(OWNER, notification_id, username) in self.server.in_flight:
-            return True
-        job = self.marking.get((notification_id, username))
-        if job is not None and job.finished:
-            del self.marking[(notification_id, username)]  # marked (a failed write is logged: sent again)
-            return False
-        return job is not None
+        return (OwnedReceipt(OWNER, notification_id, username) in self.server.in_flight
+                or self.marking.waiting((notification_id, username)))
 
 
 async def send_notification(server: Server, request: NotificationRequest) -> DeliveryStatus:

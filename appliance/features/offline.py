@@ -33,6 +33,7 @@ from appliance.proto.jid import JID
 from appliance.proto.stanza import Element, serialize
 from appliance.store import offline
 from appliance.store.db import PendingWrite
+from appliance.store.pending import UntilCommitted
 from appliance.store.users import NoSuchUser
 
 log = logging.getLogger("appliance.offline")
@@ -46,17 +47,11 @@ def setup(server: Server) -> None:
     locks: dict[str, trio.Lock] = {}  # per user: two resources logging in at once get each message once
     # Rows a client confirmed whose DELETE rides along with the next commit (db.write_soon): one
     # transaction per message instead of two. Until it commits, they must not be delivered again.
-    deleting: dict[int, PendingWrite] = {}
+    deleting: UntilCommitted[int] = UntilCommitted()
 
     def skip(id_: int) -> bool:
         """Held by a live session, or confirmed and about to be deleted."""
-        if id_ in server.in_flight:
-            return True
-        job = deleting.get(id_)
-        if job is not None and job.finished:
-            del deleting[id_]  # deleted (a failed delete is logged; the row goes out again)
-            return False
-        return job is not None
+        return id_ in server.in_flight or deleting.waiting(id_)
 
     async def store(routed: Routed) -> bool:
         if routed.receipt is not None:
@@ -75,8 +70,7 @@ def setup(server: Server) -> None:
                 locks.pop(session.username, None)
 
     async def confirmed(username: str, receipts: list[int]) -> None:
-        job = server.db.write_soon(offline.delete_messages, username, receipts)
-        deleting.update(dict.fromkeys(receipts, job))
+        deleting.add(receipts, server.db.write_soon(offline.delete_messages, username, receipts))
 
     async def released(username: str) -> None:
         """A session ended holding stored messages: the account's other resources get them now."""
