@@ -161,7 +161,16 @@ def test_users_are_added_and_removed_with_clear_errors(site: Site) -> None:
     assert bad.status == 400 and "is not a valid username" in bad.text
     confirm = admin.request("GET", "/admin/users/remove?username=erin")
     assert confirm.status == 200 and "cannot be undone" in confirm.text
-    assert admin.post("/admin/users/remove", username="erin").status == 303
+
+    async def removed_while_online() -> list[Any]:
+        erin = await connected(site.server, f"erin@{site.server.domain}", password="pw-erin")
+        remove = lambda: admin.post("/admin/users/remove", username="erin")  # noqa: E731
+        reply = await asyncio.get_running_loop().run_in_executor(None, remove)
+        assert reply.status == 303
+        await asyncio.wait_for(erin.gone.wait(), 10)  # its stream is closed, not left running
+        return erin.stream_errors
+    errors = run(removed_while_online())
+    assert [e["condition"] for e in errors] == ["not-authorized"]
     assert site.query("SELECT 1 FROM users WHERE username = 'erin'") == []
 
 

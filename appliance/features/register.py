@@ -18,7 +18,7 @@ from appliance.features import invites
 from appliance.proto import ns
 from appliance.proto.c2s import Stage
 from appliance.proto.errors import StanzaError, StreamError
-from appliance.proto.jid import InvalidJID, normalise_local
+from appliance.proto.jid import JID, InvalidJID, normalise_local
 from appliance.proto.stanza import Element, error_reply, iq_result
 from appliance.store import users
 
@@ -133,15 +133,21 @@ async def _change_password(server: Server, routed: Routed, username: str) -> Non
 
 
 async def _remove(server: Server, routed: Routed, username: str) -> None:
-    """XEP-0077 §3.2. Order matters: the answer is queued first; the sessions are unbound while the
-    roster still exists (contacts see them go offline); the data is deleted; the streams are closed
-    last, because this handler runs in the requesting session's own reader, which closing cancels."""
+    """XEP-0077 §3.2: the answer is queued first, then the account goes."""
     await server.reply(routed, iq_result(routed.el))
-    sessions = server.sessions.of(routed.from_.bare)
+    log.info("%s removed their account", routed.from_.bare)
+    await remove_account(server, username)
+
+
+async def remove_account(server: Server, username: str) -> None:
+    """Delete an account while the server runs (XEP-0077 removal, the admin page). Order matters:
+    the sessions are unbound while the roster still exists (contacts see them go offline); the
+    data is deleted; the streams are closed last, because the caller may be running in one of
+    those sessions' own reader, which closing cancels."""
+    sessions = server.sessions.of(JID(username, server.domain))
     for session in sessions:
         await server.unbind(session)
     await server.db.write(users.delete_user, username)
-    log.info("%s removed their account", routed.from_.bare)
     await server.emit(Event.USER_DELETED, username)
     for session in sessions:
         session.terminate(StreamError("not-authorized", "this account has been removed"))

@@ -22,6 +22,7 @@ import appliance
 from appliance.config import Config
 from appliance.core.server import Server
 from appliance.features.admins import is_admin
+from appliance.features.register import remove_account
 from appliance.pairing.fingerprint import fingerprint_sha256
 from appliance.pairing.invites import ACCOUNT, KINDS, Invite, invite_uri, new_invite
 from appliance.pairing.links import landing_url
@@ -114,7 +115,7 @@ class Sections:
 
     async def remove_user(self, request: Request, session: AdminSession, form: Form) -> Response:
         username = self._existing(form)
-        await self.server.db.write(users.delete_user, username)
+        await remove_account(self.server, username)  # its sessions are closed too
         session.notice = f"Removed {username}@{self.server.domain}."
         return redirect("/admin/users")
 
