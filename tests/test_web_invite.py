@@ -14,7 +14,7 @@ import sqlite3
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -146,6 +146,13 @@ def test_account_invite_page_and_manual_setup(web: Web) -> None:
     assert f'<dd class="fingerprint">{grouped}</dd>' in page
     assert time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invite.expires)) in page
     assert "will ask whether to trust it" in page
+
+
+def test_password_reset_invite_page_says_so(web: Web) -> None:
+    invite = web.add(replace(new_invite(ACCOUNT, inviter=None, username="carol", now=time.time()), reset=True))
+    page = web.request(f"/invite/{invite.token}").text
+    assert f"This invite sets a new password for carol@{DOMAIN}." in page
+    assert "create an account" not in page
 
 
 def test_inserted_values_are_escaped(web: Web) -> None:

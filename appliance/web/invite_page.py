@@ -125,6 +125,8 @@ class InvitePages:
         domain = self.config.domain
         if invite.kind == CONTACT:
             return f"{invite.inviter}@{domain} invited you to chat."
+        if invite.reset:
+            return f"This invite sets a new password for {invite.username}@{domain}."
         lead = f"You are invited to create an account on {domain}."
         return f"{lead} Your address will be {invite.username}@{domain}." if invite.username else lead
 
