@@ -12,7 +12,7 @@ import trio
 from appliance import features
 from appliance.config import Config
 from appliance.core.server import Server
-from appliance.net import certs, http, mdns
+from appliance.net import certs, component, http, mdns
 from appliance.net.c2s import C2SService
 from appliance.pairing import links
 from appliance.store.db import Database
@@ -56,6 +56,8 @@ async def run(config: Config, *, handle_signals: bool = True,
                 nursery.start_soon(_stats_on_signal, server)
             ports = await nursery.start(lambda **kw: service.listen(config.c2s_port, direct_tls=False, **kw))
             tls_ports = await nursery.start(lambda **kw: service.listen(config.c2s_tls_port, direct_tls=True, **kw))
+            if (components := component.service_for(server)) is not None:  # XEP-0114 app servers
+                await nursery.start(components.listen)
             if config.http.enabled:
                 write_local_key(db, config.data_dir)  # for `appliance notify` on this machine
                 web_tls = http.https_context(config.cert_path, config.key_path) if config.http.tls_port else None

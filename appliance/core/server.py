@@ -47,6 +47,9 @@ class Server:
         self.disco_features: dict[str, set[str]] = {"server": set(), "account": set()}
         self.nonza: dict[str, NonzaHandler] = {}          # top-level elements after bind, by namespace
         self.resumable: dict[str, Session] = {}           # XEP-0198 resumption id -> session
+        # XEP-0114 components by domain: the connected one's send (False: its outbox is full), or
+        # None while it is not connected (stanzas to it bounce). Filled by net/component.py.
+        self.components: dict[str, Callable[[Element], bool] | None] = {}
         self.in_flight: Counter[Receipt] = Counter()      # receipts held by live sessions (and how many)
         self._observers: dict[Event, list[tuple[int, Observer]]] = {}
 
@@ -213,6 +216,8 @@ class Server:
         except InvalidJID as exc:
             return await self._bounce(el, origin, StanzaError("jid-malformed", str(exc)))
         target = classify(to, sender, self.domain)
+        if target is Target.REMOTE and to is not None and to.domain in self.components:
+            return await self._to_component(el, origin, to.domain)
         routed = Routed(el, kind, el.get("type"), sender, to, target, origin, receipt, patient=patient)
         try:
             await self._dispatch(routed)
@@ -233,6 +238,15 @@ class Server:
             log.exception("internal error routing a %s from %s", routed.kind, routed.from_)
             return await self._bounce(routed.el, routed.origin, StanzaError("internal-server-error"))
         await self._unhandled(routed)
+
+    async def _to_component(self, el: Element, origin: Session | None, domain: str) -> None:
+        """A component's domain is not an account: the stanza goes to its connection as it is."""
+        send = self.components[domain]
+        if send is not None and send(el):
+            return
+        if kind_of(el) != "presence" and el.get("type") != "result":
+            # 'wait': the app server may come back; a sender must not take this as permanent
+            await self._bounce(el, origin, StanzaError("remote-server-timeout", f"{domain} is not connected"))
 
     async def settle(self, writes: list[PendingWrite]) -> None:
         """Handled means durable: wait for the writes handlers queued (the archive, durable copies)."""

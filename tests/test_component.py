@@ -1,0 +1,95 @@
+"""XEP-0114 external components: the handshake, one connection per component, and stanzas routed
+both ways between a slixmpp ComponentXMPP and slixmpp clients; a raw socket for the refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import socket
+from typing import Iterator
+
+import pytest
+
+from tests.app_server import APP, SECRET, AppServer, component_server
+from tests.harness import ServerProcess
+from tests.slix import Client, run
+
+NS_STREAM = "http://etherx.jabber.org/streams"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = component_server(tmp_path_factory.mktemp("component"))
+    yield proc
+    proc.stop()
+
+
+def raw_component(server: ServerProcess, secret: str, domain: str = APP) -> tuple[socket.socket, bytes]:
+    """Open a component stream and send the handshake for `secret`; returns what came back to the close."""
+    sock = socket.create_connection(("127.0.0.1", server.component_port), timeout=10)  # type: ignore[attr-defined]
+    sock.sendall(f"<stream:stream xmlns='jabber:component:accept' xmlns:stream='{NS_STREAM}' to='{domain}'>".encode())
+    data = b""
+    while b"id='" not in data or not data.rstrip().endswith(b">"):
+        data += sock.recv(4096)
+    stream_id = re.search(rb"id='([^']+)'", data).group(1).decode()  # type: ignore[union-attr]
+    sock.sendall(f"<handshake>{hashlib.sha1((stream_id + secret).encode()).hexdigest()}</handshake>".encode())
+    return sock, data
+
+
+def read_all(sock: socket.socket, until: bytes = b"</stream:stream>") -> bytes:
+    data = b""
+    while until not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_wrong_secret_is_not_authorized(server: ServerProcess) -> None:
+    sock, _ = raw_component(server, "not the secret")
+    answer = read_all(sock)
+    sock.close()
+    assert b"<not-authorized" in answer and b"<handshake/>" not in answer
+
+
+def test_unknown_component_domain_is_refused(server: ServerProcess) -> None:
+    sock, _ = raw_component(server, SECRET, domain="other.appliance.test")
+    answer = read_all(sock)
+    sock.close()
+    assert b"<host-unknown" in answer
+
+
+def test_good_secret_then_a_second_connection_gets_conflict(server: ServerProcess) -> None:
+    sock, _ = raw_component(server, SECRET)
+    assert b"<handshake" in read_all(sock, until=b"/>")
+    second, _ = raw_component(server, SECRET)
+    assert b"<conflict" in read_all(second)
+    second.close()
+    sock.close()
+
+
+def test_routing_both_ways_and_from_checked(server: ServerProcess) -> None:
+    user = server.add_user("comp_user")
+
+    async def scenario() -> None:
+        app = await AppServer(server).start()
+        client = Client(server, f"{user}/desk")
+        await client.login()
+        client.send_message(mto=f"device@{APP}", mbody="to the component", mtype="chat")
+        got = await asyncio.wait_for(app.messages.get(), 10)
+        assert got["body"] == "to the component" and got["from"].full == f"{user}/desk"
+        app.send_message(mto=user, mfrom=f"bot@{APP}", mbody="from the component", mtype="chat")
+        back = await client.next_message()
+        assert back["body"] == "from the component" and back["from"].full == f"bot@{APP}"
+        app.send_message(mto=user, mfrom="someone@elsewhere.test", mbody="forged", mtype="chat")
+        await asyncio.wait_for(app.gone.wait(), 10)
+        assert [e["condition"] for e in app.stream_errors] == ["invalid-from"]
+        # Gone: a request to it bounces with an error of type wait, and the client is answered.
+        with pytest.raises(Exception) as failed:
+            await client.plugin["xep_0030"].get_info(jid=APP, timeout=10)
+        assert "remote-server-timeout" in str(failed.value.iq["error"]["condition"])  # type: ignore[attr-defined]
+        await client.logout()
+
+    run(scenario())
