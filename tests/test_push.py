@@ -115,6 +115,24 @@ def test_body_only_when_allowed_and_an_inactive_client_is_woken(server: ServerPr
     run(scenario())
 
 
+def test_a_user_with_no_session_is_pushed_once(server: ServerProcess) -> None:
+    user, friend_jid = server.add_user("push_gone"), server.add_user("push_gone_friend")
+
+    async def scenario() -> None:
+        app = await AppServer(server).start()
+        client = Client(server, f"{user}/phone")
+        await client.login()
+        await push_iq(client, enable_xml("node-gone"))
+        await client.logout()  # a clean logout: the message goes to offline storage
+        friend = await desk(server, friend_jid)
+        friend.send_message(mto=user, mbody="stored for later", mtype="chat")
+        push = await app.next_push()
+        assert push["node"] == "node-gone" and push["summary"]["message-count"] == "1"
+        await stop(friend, app)
+
+    run(scenario())
+
+
 def test_a_burst_gives_one_push_then_one_coalesced(server: ServerProcess) -> None:
     phone_jid, friend_jid = server.add_user("push_burst"), server.add_user("push_burst_friend")
 

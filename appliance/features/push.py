@@ -47,6 +47,7 @@ PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 INCLUDE_BODY = "appliance#include-body"   # our field in the enable form: the user allows bodies
 _BODY = f"{{{ns.CLIENT}}}body"
 _NOT_REACHED = {"remote-server-not-found", "remote-server-timeout"}
+_MAX_WAITING = 10000   # publish IQs awaiting an answer; the oldest is forgotten beyond this
 
 
 @dataclass
@@ -160,6 +161,8 @@ class Pusher:
         iq = publish_iq(registration, JID(registration.username, self.server.domain), iq_id,
                         device.count, device.sender, device.body)
         self.waiting[iq_id] = (registration.username, registration.service, registration.node)
+        if len(self.waiting) > _MAX_WAITING:  # an app server that never answers must not grow this
+            del self.waiting[next(iter(self.waiting))]
         log.info("push to %s for %s: %d message(s)", registration.service, registration.username, device.count)
         device.count, device.last_sent = 0, trio.current_time()
         await self.server.route(iq)

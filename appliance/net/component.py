@@ -126,6 +126,7 @@ class ComponentLink:
             return error
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("component %s: connection lost (%s)", self.domain, exc)
+            await self._send(STREAM_CLOSE)  # a component that closed its stream gets ours (best effort)
         return None
 
     async def _handshake(self) -> None:
