@@ -61,12 +61,14 @@ def test_unknown_component_domain_is_refused(server: ServerProcess) -> None:
     assert b"<host-unknown" in answer
 
 
-def test_good_secret_then_a_second_connection_gets_conflict(server: ServerProcess) -> None:
+def test_good_secret_then_a_second_connection_gets_conflict_and_no_to_is_refused(server: ServerProcess) -> None:
     sock, _ = raw_component(server, SECRET)
     assert b"<handshake" in read_all(sock, until=b"/>")
     second, _ = raw_component(server, SECRET)
     assert b"<conflict" in read_all(second)
     second.close()
+    sock.sendall(f"<message from='bot@{APP}'><body>to nobody</body></message>".encode())
+    assert b"<improper-addressing" in read_all(sock)  # a stanza without 'to' ends the first one
     sock.close()
 
 

@@ -183,6 +183,8 @@ class ComponentLink:
             raise StreamError("improper-addressing", f"every stanza needs a valid 'from': {exc}") from None
         if sender.domain != self.domain:
             raise StreamError("invalid-from", f"'from' must be in {self.domain}")
+        if not stanza.get("to"):  # no 'to' would mean "on behalf of the sender's account": it has none
+            raise StreamError("improper-addressing", "every stanza from a component needs a 'to'")
         await self.server.route(stanza)
 
     def _push(self, stanza: Element) -> bool:
