@@ -219,7 +219,20 @@ def load(path: Path | None = None, **overrides: Any) -> Config:
     if config.storage.commit_delay_ms > MAX_COMMIT_DELAY_MS:
         raise ConfigError(f"storage.commit_delay_ms must be at most {MAX_COMMIT_DELAY_MS} "
                           "(it delays every acknowledgement under load)")
+    component_secrets(config.components.secrets, config.domain)  # checked now, not when the server starts
     return config
+
+
+def component_secrets(entries: list[str], domain: str) -> dict[str, str]:
+    """`[components] secrets` (`subdomain.DOMAIN=secret` entries) as {component domain: secret}."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        name, sep, secret = entry.partition("=")
+        name = name.strip().lower()
+        if not sep or not secret or not name.endswith("." + domain):
+            raise ConfigError(f"components.secrets: {name!r} must be written subdomain.{domain}=secret")
+        found[name] = secret
+    return found
 
 
 def to_toml(config: Config) -> str:

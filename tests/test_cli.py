@@ -126,8 +126,10 @@ def test_config_show_command_line_overrides(tmp_path: Path) -> None:
     ('limits = 3\n', "limits"),
     ('[limits]\nunknown_limit = 3\n', "unknown_limit"),
     ('[storage]\ncommit_delay_ms = 5000\n', "commit_delay_ms must be at most 1000"),
+    ('domain = "box.lan"\n[components]\nsecrets = ["push.other.org=s"]\n', "subdomain.box.lan=secret"),
+    ('domain = "box.lan"\n[components]\nsecrets = ["push.box.lan"]\n', "subdomain.box.lan=secret"),
 ], ids=["unknown-key", "bad-syntax", "wrong-type", "negative", "not-a-bool", "not-a-table", "unknown-in-table",
-        "commit-delay-too-long"])
+        "commit-delay-too-long", "component-elsewhere", "component-without-secret"])
 def test_config_show_bad_file(tmp_path: Path, content: str, mentions: str) -> None:
     config = tmp_path / "appliance.toml"
     config.write_text(content)

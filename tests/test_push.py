@@ -13,7 +13,8 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from tests.app_server import APP, AppServer, component_server
-from tests.harness import ServerProcess
+from tests.api_client import Api, create_key
+from tests.harness import DOMAIN, ServerProcess, free_port
 from tests.slix import Client, run
 
 INTERVAL = 3.0
@@ -24,7 +25,8 @@ SM_PLUGINS = ("xep_0030", "xep_0199", "xep_0198")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = component_server(tmp_path_factory.mktemp("push"), **{
-        "push.min_interval_seconds": INTERVAL, "push.max_registrations_per_user": 2})
+        "push.min_interval_seconds": INTERVAL, "push.max_registrations_per_user": 2,
+        "http.enabled": True, "http.port": free_port(), "http.tls_port": 0})
     yield proc
     proc.stop()
 
@@ -129,6 +131,25 @@ def test_a_user_with_no_session_is_pushed_once(server: ServerProcess) -> None:
         push = await app.next_push()
         assert push["node"] == "node-gone" and push["summary"]["message-count"] == "1"
         await stop(friend, app)
+
+    run(scenario())
+
+
+def test_a_notification_wakes_a_phone_that_is_not_there(server: ServerProcess) -> None:
+    user = server.add_user("push_notified")
+    api = Api(server, int(server.settings["http.port"]), create_key(server, "push-test"))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        app = await AppServer(server).start()
+        client = Client(server, f"{user}/phone")
+        await client.login()
+        await push_iq(client, enable_xml("node-notified", body=True))
+        await client.logout()
+        await asyncio.to_thread(api.notify, {"users": [user]}, title="Door open", body="back door")
+        push = await app.next_push()
+        assert push["node"] == "node-notified" and push["summary"]["last-message-sender"] == DOMAIN
+        assert push["summary"]["last-message-body"] == "back door"
+        await stop(app)
 
     run(scenario())
 

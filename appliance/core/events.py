@@ -14,3 +14,4 @@ class Event(Enum):
     RECEIPTS_RELEASED = "receipts-released"    # username: a session ended with stored stanzas unconfirmed
     OWNED_CONFIRMED = "owned-confirmed"        # username, [OwnedReceipt]: the client has these tracked stanzas
     OWNED_RELEASED = "owned-released"          # username, [OwnedReceipt]: a session ended without confirming these
+    NOTIFICATION_SENT = "notification-sent"    # username, stanza: a notification went to (or waits for) this user

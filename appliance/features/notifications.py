@@ -140,7 +140,8 @@ async def send_notification(server: Server, request: NotificationRequest) -> Del
     note_id, recipients = await server.db.write(_store, note, audience, online)
     note = replace(note, id=note_id)
     for username in recipients:
-        _deliver_live(server, note, username)
+        # Push (XEP-0357) wakes the phones of recipients whose sessions all sleep or are gone.
+        await server.emit(Event.NOTIFICATION_SENT, username, _deliver_live(server, note, username))
     log.info("notification %d (%s, from %s) to %d recipients", note_id, note.priority,
              note.sender or "?", len(recipients))
     return _status(note, len(recipients), 0, now)
@@ -272,13 +273,15 @@ def _recipients(conn: sqlite3.Connection, audience: Audience, online: list[str])
     return accounts
 
 
-def _deliver_live(server: Server, note: StoredNotification, username: str) -> None:
+def _deliver_live(server: Server, note: StoredNotification, username: str) -> Element:
+    """Queue to the user's available sessions; the stanza, for whoever else wants to know."""
     receipt = OwnedReceipt(OWNER, note.id, username)
     stanza = notification_stanza(note, username, server.domain)
     for session in server.sessions.available(JID(username, server.domain)):
         # A session whose login raced this send may already hold it (see _deliver_pending).
         if session.priority >= 0 and not (receipt in server.in_flight and receipt in session.receipts.values()):
             server.deliver(session, stanza, receipt)
+    return stanza
 
 
 async def _deliver_pending(server: Server, session: Session, skip: Callable[[int, str], bool]) -> None:

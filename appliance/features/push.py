@@ -73,6 +73,7 @@ def setup(server: Server) -> None:
     server.hook("iq", ANY, pusher.answered, targets=ALL_TARGETS, priority=1000)
     server.on(Event.MESSAGE_DELIVERED, pusher.delivered)
     server.on(Event.MESSAGE_OFFLINE, pusher.offline, priority=100)  # before offline storage ends the chain
+    server.on(Event.NOTIFICATION_SENT, pusher.notified)
     server.add_disco_feature(PUSH, server=False, account=True)
 
 
@@ -116,24 +117,31 @@ class Pusher:
 
     async def delivered(self, routed: Routed, sessions: list[Session]) -> None:
         if _wakes(routed) and all(asleep(s) for s in self.server.sessions.of(routed.to_bare)):
-            await self.wake(routed)
+            await self.wake_for(routed)
 
     async def offline(self, routed: Routed) -> None:
         # With a receipt it was stored when it first came (and woke the phone then): it comes
         # round again from a session that ended without acknowledging it.
         if _wakes(routed) and routed.receipt is None:
-            await self.wake(routed)
+            await self.wake_for(routed)
 
-    async def wake(self, routed: Routed) -> None:
-        username = routed.to_bare.local
-        assert username is not None
-        body = routed.el.findtext(_BODY)
+    async def notified(self, username: str, stanza: Element) -> None:
+        """A notification (features/notifications.py) for a user whose sessions all sleep, or who
+        has none: "door open" must reach a phone in a pocket."""
+        if all(asleep(s) for s in self.server.sessions.of(JID(username, self.server.domain))):
+            await self.wake(username, stanza.get("from") or self.server.domain, stanza.findtext(_BODY))
+
+    async def wake_for(self, routed: Routed) -> None:
+        assert routed.to_bare.local is not None
+        await self.wake(routed.to_bare.local, str(routed.from_), routed.el.findtext(_BODY))
+
+    async def wake(self, username: str, sender: str, body: str | None) -> None:
         now = trio.current_time()
         for registration in self.server.db.read(store.registrations, username):
             key = (username, registration.service, registration.node)
             device = self.devices.setdefault(key, _Device())
             device.count += 1
-            device.sender, device.body = str(routed.from_), body
+            device.sender, device.body = sender, body
             if device.timer:
                 continue  # a coalesced push is coming and will count this one
             interval = self.server.config.push.min_interval_seconds

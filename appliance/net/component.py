@@ -20,6 +20,7 @@ import secrets
 import trio
 from lxml import etree
 
+from appliance.config import component_secrets
 from appliance.core.server import Server
 from appliance.net.listeners import open_listeners
 from appliance.proto import ns
@@ -33,18 +34,6 @@ log = logging.getLogger("appliance.component")
 ACCEPT = "jabber:component:accept"
 _HANDSHAKE = f"{{{ACCEPT}}}handshake"
 _SAFE = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-
-
-def parse_secrets(entries: list[str], domain: str) -> dict[str, str]:
-    """`subdomain.DOMAIN=secret` entries as {component domain: secret}; anything else is a config error."""
-    found: dict[str, str] = {}
-    for entry in entries:
-        name, sep, secret = entry.partition("=")
-        name = name.strip().lower()
-        if not sep or not secret or not name.endswith("." + domain):
-            raise ValueError(f"[components] secrets: {entry.split('=')[0]!r} must be subdomain.{domain}=secret")
-        found[name] = secret
-    return found
 
 
 def handshake_digest(stream_id: str, secret: str) -> str:
@@ -220,7 +209,7 @@ def service_for(server: Server) -> ComponentService | None:
     config = server.config.components
     if not config.secrets or not config.port:
         return None
-    return ComponentService(server, parse_secrets(config.secrets, server.domain))
+    return ComponentService(server, component_secrets(config.secrets, server.domain))
 
 
-__all__ = ["ACCEPT", "ComponentService", "handshake_digest", "parse_secrets", "service_for"]
+__all__ = ["ACCEPT", "ComponentService", "handshake_digest", "service_for"]
