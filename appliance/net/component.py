@@ -54,6 +54,7 @@ class ComponentService:
     def __init__(self, server: Server, secrets_by_domain: dict[str, str]) -> None:
         self.server = server
         self.secrets = secrets_by_domain
+        self.links: dict[str, ComponentLink] = {}  # the connected one per component domain
         for domain in secrets_by_domain:
             server.components[domain] = None  # configured, not connected: stanzas to it bounce
 
@@ -90,15 +91,20 @@ class ComponentLink:
         self.attached = False
         self.outbox_in, self.outbox = trio.open_memory_channel[Element](limits.outbox_stanzas)
         self.events: list = []
+        self.scope = trio.CancelScope()
 
     async def run(self) -> None:
+        error: StreamError | None = None
         try:
             with trio.fail_after(self.server.config.limits.handshake_timeout):
                 await self._handshake()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                error = await self._serve()
-                nursery.cancel_scope.cancel()
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    error = await self._serve()
+                    nursery.cancel_scope.cancel()
+            if self.scope.cancelled_caught:
+                error = StreamError("conflict", "replaced by a new connection of this component")
         except StreamError as exc:
             error = exc
         except trio.TooSlowError:
@@ -133,9 +139,13 @@ class ComponentLink:
         expected = handshake_digest(stream_id, self.service.secrets[domain])
         if not hmac.compare_digest((proof.element.text or "").strip().lower().encode(), expected.encode()):
             raise StreamError("not-authorized", "wrong handshake for this component's secret")
-        if self.server.components.get(domain) is not None:
-            raise StreamError("conflict", f"{domain} is already connected")
+        # The secret proves it is the component: a new connection replaces the old one, whose TCP
+        # link may be dead without anyone knowing yet (an app server restarted after a crash).
+        if (older := self.service.links.get(domain)) is not None:
+            log.info("component %s connected again; closing its older connection", domain)
+            older.replaced()
         self.domain, self.attached = domain, True
+        self.service.links[domain] = self
         self.server.components[domain] = self._push
         await self._send(f"<handshake xmlns='{ACCEPT}'/>".encode())
         log.info("component %s connected from %s", domain, self.stream.socket.getpeername()[0])
@@ -194,11 +204,18 @@ class ComponentLink:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
+    def replaced(self) -> None:
+        """A newer connection of the same component took over: end this one with `conflict`."""
+        self.detach()
+        self.scope.cancel()
+
     def detach(self) -> None:
         """Stanzas to this domain bounce again; what was queued and not written is lost with it
         (a component is a trusted local service; it answers what it gets, or the sender retries)."""
         if self.attached and self.domain is not None:
             self.server.components[self.domain] = None
+            if self.service.links.get(self.domain) is self:
+                del self.service.links[self.domain]
             self.attached = False
             log.info("component %s disconnected", self.domain)
         self.outbox_in.close()
