@@ -274,6 +274,17 @@ def test_https_with_the_server_certificate(web: Web) -> None:
     assert_page_headers(reply, web.uri(invite))
 
 
+def test_the_admin_page_is_served_over_https_only(web: Web) -> None:
+    plain = web.request("/admin/login?next=1")
+    assert plain.status == 308
+    assert plain.headers["Location"] == f"https://127.0.0.1:{web.tls_port}/admin/login?next=1"
+    context = ssl.create_default_context(cafile=str(web.server.cert))
+    secure = web.request("/admin/login", conn=http.client.HTTPSConnection("127.0.0.1", web.tls_port,
+                                                                          context=context, timeout=10))
+    assert secure.status == 200 and "Sign in" in secure.text
+    assert web.request("/invite/unknown-token-here").status == 404  # other pages stay on plain HTTP
+
+
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=390,844", *args]

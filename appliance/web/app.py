@@ -13,7 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.config import Config
@@ -53,6 +53,28 @@ class DefaultHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class AdminOverHttps:
+    """ASGI middleware: while HTTPS is on, the admin page is served over it only. A request for
+    /admin over plain HTTP is redirected (308) to the same path on the HTTPS port, so an
+    administrator's password never crosses the LAN in clear text. The browser warns once about
+    the self-signed certificate; its fingerprint is on every invite page to compare with."""
+
+    def __init__(self, app: ASGIApp, tls_port: int) -> None:
+        self.app, self.tls_port = app, tls_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and self.tls_port and scope.get("scheme") == "http"
+                and (scope["path"] == "/admin" or scope["path"].startswith("/admin/"))):
+            url = Request(scope).url
+            host = url.hostname or "localhost"
+            if ":" in host:
+                host = f"[{host}]"
+            target = url.replace(scheme="https", netloc=f"{host}:{self.tls_port}")
+            await RedirectResponse(str(target), status_code=308)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return message_page(404, "Not found", "There is no page at this address.")
 
@@ -66,5 +88,6 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 def build_app(server: Server, config: Config) -> Starlette:
     invites = InvitePages(server, config, fingerprint_sha256(config.cert_path))
     routes = invites.routes() + api_routes(server, config) + admin_routes(server, config)
-    return Starlette(routes=routes, middleware=[Middleware(DefaultHeaders)],
+    return Starlette(routes=routes, middleware=[Middleware(DefaultHeaders),
+                                                Middleware(AdminOverHttps, tls_port=config.http.tls_port)],
                      exception_handlers={404: _not_found, 405: _method_not_allowed})
