@@ -204,11 +204,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_error(exc.status_code, _ERROR_CODES.get(exc.status_code, "error"), reason, exc.headers)
 
 
+async def _notifications(request: Request) -> Response:
+    handler = create_notification if request.method == "POST" else list_notifications
+    return await handler(request)
+
+
 def api_routes(server: Server, config: Config) -> list[BaseRoute]:
     """Everything under /api/, for build_app."""
     routes = [
-        Route("/v1/notifications", create_notification, methods=["POST"]),
-        Route("/v1/notifications", list_notifications, methods=["GET"]),
+        # One route for both methods, so a 405 there lists both in Allow.
+        Route("/v1/notifications", _notifications, methods=["GET", "POST"]),
         Route("/v1/notifications/{id:int}", show_notification, methods=["GET"]),
     ]
     from appliance.web import api_groups, openapi  # here: they import this module's helpers
