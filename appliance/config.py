@@ -78,6 +78,9 @@ class Http:
     port: int = 5280                        # plain HTTP
     tls_port: int = 5281                    # HTTPS with the XMPP certificate; 0 turns it off
     public_url: str = ""                    # base of links in invites; default http://<public host>:<port>
+    max_header_bytes: int = 16384           # request line and headers; larger: the connection is refused
+    idle_timeout: float = 5.0               # a connection with no request in progress is closed after this
+    read_timeout: float = 30.0              # a request whose next bytes take longer is dropped (slow senders)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import shutil
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -330,3 +331,27 @@ def test_stops_promptly_with_a_client_connected(fresh_server: ServerProcess) -> 
         assert time.monotonic() - started < 2.5
     finally:
         idle.close()
+
+
+def test_http_limits_oversized_headers_and_idle_connections(fresh_server: ServerProcess) -> None:
+    port = free_port()
+    fresh_server.settings = {"http.enabled": True, "http.port": port, "http.tls_port": 0,
+                             "http.max_header_bytes": 4096, "http.idle_timeout": 1.0}
+    fresh_server.start()
+    assert fresh_server.proc is not None
+    wait_for_port(port, fresh_server.proc)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as big:
+        big.sendall(b"GET /invite/x HTTP/1.1\r\nHost: box\r\nX-Padding: " + b"a" * 8000 + b"\r\n\r\n")
+        answer = _read_until_closed(big)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+        started = time.monotonic()
+        assert _read_until_closed(silent) == b""  # closed by the server, nothing sent
+        assert time.monotonic() - started < 5
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data

@@ -27,7 +27,7 @@ from hypercorn.logging import Logger as HypercornLogger
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from appliance.config import Config
+from appliance.config import Config, Http
 from appliance.core.server import Server
 from appliance.net.listeners import open_listeners
 from appliance.web.app import build_app
@@ -59,8 +59,11 @@ class _Log(HypercornLogger):
         log.debug("%s %s %s (%.1f ms)", request.get("method", "WEBSOCKET"), path, status, request_time * 1000)
 
 
-def _hypercorn_config(context: ssl.SSLContext | None) -> HypercornConfig:
+def _hypercorn_config(context: ssl.SSLContext | None, limits: Http) -> HypercornConfig:
     config = HypercornConfig()
+    config.h11_max_incomplete_size = limits.max_header_bytes
+    config.keep_alive_timeout = limits.idle_timeout
+    config.read_timeout = limits.read_timeout
     config.logger_class = _Log
     config.errorlog = log
     config.accesslog = None
@@ -88,7 +91,7 @@ async def serve_http(server: Server, config: Config, tls_context: ssl.SSLContext
     secure = await _open_sockets(config.listen, config.http.tls_port) if tls_context and config.http.tls_port else []
     app = wrap_app(build_app(server, config), 0, "asgi")  # 0: the WSGI body limit, unused for ASGI
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda **kw: worker_serve(app, _hypercorn_config(tls_context),
+        await nursery.start(lambda **kw: worker_serve(app, _hypercorn_config(tls_context, config.http),
                                                       sockets=Sockets(secure, plain, []), **kw))
         log.info("web pages on port %s (HTTP)%s", _ports(plain),
                  f" and {_ports(secure)} (HTTPS)" if secure else "")

@@ -53,6 +53,25 @@ class DefaultHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class HeaderLimit:
+    """ASGI middleware: a request whose line and headers exceed `[http] max_header_bytes` gets 431.
+    (hypercorn's own limit, h11's, bounds only what it buffers of an *incomplete* request: a large
+    header block that arrives in one read would pass it.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_bytes:
+                await message_page(431, "Request too large", "The request's headers are too large.")(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class AdminOverHttps:
     """ASGI middleware: while HTTPS is on, the admin page is served over it only. A request for
     /admin over plain HTTP is redirected (308) to the same path on the HTTPS port, so an
@@ -89,5 +108,6 @@ def build_app(server: Server, config: Config) -> Starlette:
     invites = InvitePages(server, config, fingerprint_sha256(config.cert_path))
     routes = invites.routes() + api_routes(server, config) + admin_routes(server, config)
     return Starlette(routes=routes, middleware=[Middleware(DefaultHeaders),
+                                                Middleware(HeaderLimit, max_bytes=config.http.max_header_bytes),
                                                 Middleware(AdminOverHttps, tls_port=config.http.tls_port)],
                      exception_handlers={404: _not_found, 405: _method_not_allowed})
