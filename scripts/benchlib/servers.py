@@ -227,8 +227,9 @@ PROSODY_SETTINGS: dict[str, Any] = {
 }
 
 
-def prosody_config(workdir: Path, cert: Path, key: Path, port: int, settings: dict[str, Any] | None = None) -> str:
-    modules = "; ".join(f'"{m}"' for m in PROSODY_MODULES)
+def prosody_config(workdir: Path, cert: Path, key: Path, port: int, settings: dict[str, Any] | None = None,
+                   extra_modules: tuple[str, ...] = ()) -> str:
+    modules = "; ".join(f'"{m}"' for m in PROSODY_MODULES + extra_modules)
     root = "run_as_root = true -- the benchmark may run as root; this Prosody is a throwaway\n" \
         if os.geteuid() == 0 else ""
     options = "\n".join(f"{k} = {lua(v)}" for k, v in {**PROSODY_SETTINGS, **(settings or {})}.items())
@@ -259,14 +260,15 @@ def lua(value: Any) -> str:
 
 
 def start_prosody(workdir: Path, cert: Path, key: Path, accounts: dict[str, str],
-                  settings: dict[str, Any] | None = None) -> Server:
+                  settings: dict[str, Any] | None = None, extra_modules: tuple[str, ...] = ()) -> Server:
     """Prosody in the foreground; `accounts` registered with prosodyctl (one process each: for a
-    few), `settings` override or add global options. Data in workdir/data, kept across restarts."""
+    few), `settings` override or add global options, `extra_modules` are enabled besides
+    PROSODY_MODULES (e.g. "announce" for one benchmark). Data in workdir/data, kept across restarts."""
     ensure_prosody()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "prosody.cfg.lua"
-    config.write_text(prosody_config(workdir, cert, key, port, settings))
+    config.write_text(prosody_config(workdir, cert, key, port, settings, extra_modules))
     for name, password in accounts.items():
         result = subprocess.run(["prosodyctl", "--config", str(config), "register", name, DOMAIN, password],
                                 capture_output=True, text=True, timeout=60)
