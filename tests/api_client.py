@@ -23,6 +23,10 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
 
 @dataclass
 class Api:

@@ -29,6 +29,7 @@ from appliance.pairing.invites import ACCOUNT, CONTACT, Invite, invite_uri, new_
 from appliance.store.db import Database
 from appliance.store.invites import insert_invite, revoke
 from appliance.web.app import build_app
+from tests.api_client import Reply
 from tests.harness import DOMAIN, ServerProcess, env_without_proxies, free_port, wait_for_port
 from tests.zbar import decode, needs_zbarimg
 
@@ -38,17 +39,6 @@ UNKNOWN_TEXT = "This invite link is not known here"
 INVALID_TEXT = "This invite has expired, was withdrawn or has been used up"
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
                                     reason="chromium is missing: install Debian's chromium (scripts/test.sh does)")
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
 
 
 @dataclass
