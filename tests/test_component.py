@@ -100,3 +100,29 @@ def test_routing_both_ways_and_from_checked(server: ServerProcess) -> None:
         await client.logout()
 
     run(scenario())
+
+
+def test_a_component_leaving_while_stanzas_are_written_to_it_costs_only_its_connection(
+        server: ServerProcess) -> None:
+    # Its reader answers the component's </stream:stream> while the writer is still writing what
+    # was routed to it: both on one socket (once, in CI, this took the whole server down).
+    user = server.add_user("comp_burst")
+
+    async def scenario() -> None:
+        client = Client(server, f"{user}/desk")
+        await client.login()
+        for round_ in range(5):
+            sock, _ = raw_component(server, SECRET)
+            assert b"<handshake" in read_all(sock, until=b"/>")
+            for n in range(300):
+                client.send_message(mto=f"device@{APP}", mbody=f"{round_} {n} " + "x" * 200, mtype="chat")
+            await asyncio.sleep(0.05)
+            sock.sendall(b"</stream:stream>")
+            sock.close()
+        await asyncio.sleep(0.5)
+        assert server.proc is not None and server.proc.poll() is None, "the server died"
+        app = await AppServer(server).start()  # and components still connect
+        app.disconnect()
+        client.disconnect()
+
+    run(scenario())

@@ -72,6 +72,8 @@ class ComponentService:
             await link.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("component %s: connection lost (%s)", link.domain or "?", exc)
+        except Exception:  # a bug in one connection must cost that connection, never the server
+            log.exception("component %s: internal error; connection closed", link.domain or "?")
         finally:
             link.detach()
             await trio.aclose_forcefully(stream)
@@ -92,6 +94,7 @@ class ComponentLink:
         self.outbox_in, self.outbox = trio.open_memory_channel[Element](limits.outbox_stanzas)
         self.events: list = []
         self.scope = trio.CancelScope()
+        self.sending = trio.Lock()  # the writer task and the reader's closing words share the socket
 
     async def run(self) -> None:
         error: StreamError | None = None
@@ -200,7 +203,8 @@ class ComponentLink:
     async def _send(self, data: bytes) -> None:
         with trio.move_on_after(5):
             try:
-                await self.stream.send_all(data)
+                async with self.sending:
+                    await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
