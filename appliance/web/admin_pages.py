@@ -48,7 +48,7 @@ _NEW_INVITE = Template("""<h2>Create an invite</h2><form method="post" action="/
 <label for="contact">Contact (username; required for a contact invite)</label><input type="text" id="contact" name="contact">
 <label for="username">Preset username (optional)</label><input type="text" id="username" name="username">
 <label for="uses">Uses (0: unlimited until it expires)</label><input type="number" id="uses" name="uses" value="1" min="0">
-<label for="hours">Valid for hours</label><input type="number" id="hours" name="hours" value="168" min="0.1" step="any">
+<label for="hours">Valid for hours</label><input type="number" id="hours" name="hours" value="$hours" min="0.1" step="any">
 <label><input type="checkbox" name="admin" value="1"> The new account is an administrator</label>
 <p><button>Create invite</button></p></form>""")
 _INVITE = Template("""<p>$what</p><img class="qr" src="/invite/$token/qr.svg" alt="QR code of the invite" width="320"
@@ -119,9 +119,14 @@ class Sections:
         session.notice = f"Removed {username}@{self.server.domain}."
         return redirect("/admin/users")
 
+    def _default_ttl(self) -> float:
+        """Seconds an invite lasts unless the admin says otherwise: [invites] expiry_days."""
+        return self.server.config.invites.expiry_days * 86400
+
     async def reset_user(self, request: Request, session: AdminSession, form: Form) -> Response:
         username = self._existing(form)
-        invite = replace(new_invite(ACCOUNT, inviter=None, now=time.time(), username=username), reset=True)
+        invite = replace(new_invite(ACCOUNT, inviter=None, now=time.time(), username=username,
+                                    ttl=self._default_ttl()), reset=True)
         await self.server.db.write(stored_invites.insert_invite, invite)
         session.notice = f"Give {username} this invite: redeeming it sets a new password."
         return redirect(f"/admin/invites/{invite.token}")
@@ -139,7 +144,8 @@ class Sections:
                  button(session, "/admin/invites/revoke", "Revoke", token=i.token)]
                 for i in self.server.db.read(stored_invites.list_invites, time.time())]
         body = table(["Token", "Kind", "Username", "Used", "Valid until", ""], rows)
-        return admin_page(session, "Invites", join([body, render(_NEW_INVITE, csrf=csrf_field(session))]))
+        return admin_page(session, "Invites", join([body, render(_NEW_INVITE, csrf=csrf_field(session),
+                                                                  hours=f"{self._default_ttl() / 3600:g}")]))
 
     async def create_invite(self, request: Request, session: AdminSession, form: Form) -> Response:
         kind = form.get("kind", "")
