@@ -107,6 +107,13 @@ class Push:
 
 
 @dataclass
+class Pep:
+    max_items_per_node: int = 256           # XEP-0163: items a node keeps at most ("max" means this)
+    max_item_bytes: int = 64 * 1024         # one item's payload, serialised; larger: not-acceptable
+    max_nodes_per_user: int = 64            # PEP nodes one account may have
+
+
+@dataclass
 class Admin:
     session_hours: float = 12.0             # a signed-in admin page session lasts this long
     sign_in_failures_per_address: int = 5   # failed sign-ins within the window before 429
@@ -145,6 +152,7 @@ class Config:
     mdns: Mdns = field(default_factory=Mdns)
     notifications: Notifications = field(default_factory=Notifications)
     push: Push = field(default_factory=Push)
+    pep: Pep = field(default_factory=Pep)
     admin: Admin = field(default_factory=Admin)
     components: Components = field(default_factory=Components)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from appliance.core.server import Server
 from appliance.features import (blocking, carbons, csi, disco, iq_routing, legacy_session, mam, message, offline,
                                  ping, presence, register, roster, subscription, version)
-from appliance.features import adhoc, invite_commands, invites, notifications, push
+from appliance.features import adhoc, invite_commands, invites, notifications, pep, push
 
 FEATURES = [blocking, message, iq_routing, legacy_session, ping, version, disco, register, roster, subscription,
-            presence, offline, carbons, csi, mam, adhoc, invite_commands, invites, notifications, push]
+            presence, offline, carbons, csi, mam, adhoc, invite_commands, invites, notifications, push, pep]
 
 
 def setup_all(server: Server) -> None:

@@ -13,6 +13,7 @@ from appliance.store import roster
 
 SERVER_IDENTITY = {"category": "server", "type": "im", "name": "XMPP appliance"}
 ACCOUNT_IDENTITY = {"category": "account", "type": "registered"}
+PEP_IDENTITY = {"category": "pubsub", "type": "pep"}   # XEP-0163 §7.1: every account is a PEP service
 
 
 def setup(server: Server) -> None:
@@ -20,11 +21,12 @@ def setup(server: Server) -> None:
     server.add_disco_feature(ns.DISCO_ITEMS, account=True)
 
     async def server_info(routed: Routed) -> bool:
-        return await _answer_info(server, routed, SERVER_IDENTITY, server.disco_features["server"])
+        return await _answer_info(server, routed, [SERVER_IDENTITY], server.disco_features["server"])
 
     async def account_info(routed: Routed) -> bool:
         _require_presence_access(server, routed)
-        return await _answer_info(server, routed, ACCOUNT_IDENTITY, server.disco_features["account"])
+        return await _answer_info(server, routed, [ACCOUNT_IDENTITY, PEP_IDENTITY],
+                                  server.disco_features["account"])
 
     async def items(routed: Routed) -> bool:
         if routed.target is not Target.SERVER:
@@ -51,13 +53,15 @@ def _require_presence_access(server: Server, routed: Routed) -> None:
         raise StanzaError("service-unavailable")
 
 
-async def _answer_info(server: Server, routed: Routed, identity: dict[str, str], features: set[str]) -> bool:
+async def _answer_info(server: Server, routed: Routed, identities: list[dict[str, str]],
+                       features: set[str]) -> bool:
     if routed.type != "get":
         raise StanzaError("bad-request")
     query = etree.Element(f"{{{ns.DISCO_INFO}}}query", nsmap={None: ns.DISCO_INFO})
     if node := routed.payload.get("node"):  # type: ignore[union-attr]
         raise StanzaError("item-not-found", f"no node {node}")
-    etree.SubElement(query, f"{{{ns.DISCO_INFO}}}identity", identity)
+    for identity in identities:
+        etree.SubElement(query, f"{{{ns.DISCO_INFO}}}identity", identity)
     for var in sorted(features):
         etree.SubElement(query, f"{{{ns.DISCO_INFO}}}feature", var=var)
     await server.reply(routed, iq_result(routed.el, query))

@@ -181,6 +181,32 @@ MIGRATIONS: list[str] = [
     -- for the existing account its `username` names, instead of creating one.
     ALTER TABLE invites ADD COLUMN reset INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: XEP-0163 personal eventing: every account's PEP nodes and their items (features/pep.py).
+    """
+    CREATE TABLE pep_nodes (
+        username       TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        node           TEXT NOT NULL,
+        access_model   TEXT NOT NULL DEFAULT 'presence'
+                       CHECK (access_model IN ('presence', 'open', 'whitelist')),
+        persist_items  INTEGER NOT NULL DEFAULT 1,   -- 0: only the last item is kept
+        max_items      INTEGER NOT NULL DEFAULT 1,   -- older items are dropped beyond this
+        created        REAL NOT NULL,                -- unix time
+        PRIMARY KEY (username, node)
+    ) WITHOUT ROWID;
+
+    -- seq orders a node's items (newest highest); a re-published id gets a new seq.
+    CREATE TABLE pep_items (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        username  TEXT NOT NULL,
+        node      TEXT NOT NULL,
+        item_id   TEXT NOT NULL,
+        stamp     REAL NOT NULL,                     -- unix time published
+        payload   BLOB NOT NULL,                     -- the item's one child element, serialised
+        FOREIGN KEY (username, node) REFERENCES pep_nodes(username, node) ON DELETE CASCADE
+    );
+    CREATE UNIQUE INDEX pep_items_by_id ON pep_items(username, node, item_id);
+    CREATE INDEX pep_items_by_node ON pep_items(username, node, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,213 @@
+"""XEP-0163 Personal Eventing Protocol with slixmpp clients (xep_0060, xep_0163, xep_0115, xep_0172)
+against a real server process: publish and retrieve, access models, publish-options, limits,
++notify filtering through entity capabilities, the last published item, retract and delete.
+
+"Nothing arrived" is checked without sleeping: after an event a client must not get, one it must
+get is published, and it has to be the first to arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import pytest
+from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET
+
+from tests.harness import ServerProcess
+from tests.slix import Client, run
+from tests.test_rfc6121 import befriend
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+OWNER = "http://jabber.org/protocol/pubsub#owner"
+ERRORS = "http://jabber.org/protocol/pubsub#errors"
+EVENT = "http://jabber.org/protocol/pubsub#event"
+NICK = "http://jabber.org/protocol/nick"
+SENTINEL = "urn:test:sentinel"
+DEVICES = "urn:appliance:e2e:0:devices"
+BASE_PLUGINS = ("xep_0030", "xep_0199", "xep_0060", "xep_0115", "xep_0163")
+MAX_ITEMS, MAX_BYTES, MAX_NODES = 5, 2000, 6
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("pep"), settings={
+        "pep.max_items_per_node": MAX_ITEMS, "pep.max_item_bytes": MAX_BYTES, "pep.max_nodes_per_user": MAX_NODES})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def new_users(server: ServerProcess, *names: str) -> list[str]:
+    number = next(_numbers)
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(lambda name: server.add_user(f"pep{name}{number}"), names))
+
+
+async def login(server: ServerProcess, jid: str, resource: str = "phone", *, nick: bool = False,
+                interests: tuple[str, ...] = ()) -> Client:
+    """A client whose pubsub events land in `client.events` as (node, element): items, retract,
+    delete and purge, one entry per item. `nick`: with xep_0172, i.e. nick+notify in its caps."""
+    client = Client(server, f"{jid}/{resource}", plugins=BASE_PLUGINS + (("xep_0172",) if nick else ()))
+    client.events = asyncio.Queue()
+    client.add_event_handler("message", lambda m: _collect_events(client, m))
+    await client.login(send_presence=False, get_roster=True)
+    for namespace in interests:
+        client.plugin["xep_0030"].add_feature(f"{namespace}+notify")
+    await client.plugin["xep_0115"].update_caps(broadcast=False)
+    client.send_presence()
+    await client.plugin["xep_0199"].ping(timeout=5)
+    return client
+
+
+def _collect_events(client: Client, message: Any) -> None:
+    event = message.xml.find(f"{{{EVENT}}}event")
+    if event is None:
+        return
+    for child in event:
+        node = child.get("node")
+        inner = list(child) or [child]
+        for element in inner:
+            client.events.put_nowait((node, element))
+
+
+async def next_event(client: Client, timeout: float = 10) -> tuple[str, Any]:
+    return await asyncio.wait_for(client.events.get(), timeout)
+
+
+async def iq(client: Client, xml: str, to: str | None = None, itype: str = "set") -> Any:
+    request = client.Iq(stype=itype, sto=to)
+    request.append(ET.fromstring(xml))
+    return await request.send(timeout=5)
+
+
+async def iq_error(client: Client, xml: str, to: str | None = None, itype: str = "set") -> tuple[str, str | None]:
+    """The error's condition and its pubsub#errors condition, if any."""
+    with pytest.raises(IqError) as caught:
+        await iq(client, xml, to, itype)
+    error = caught.value.iq.xml.find("{jabber:client}error")
+    specific = [child.tag.split("}")[1] for child in error if child.tag.startswith(f"{{{ERRORS}}}")]
+    return caught.value.iq["error"]["condition"], (specific[0] if specific else None)
+
+
+def publish_xml(node: str, payload: str, item_id: str | None = None, **options: str) -> str:
+    item = f"<item id='{item_id}'>{payload}</item>" if item_id else f"<item>{payload}</item>"
+    form = ""
+    if options:
+        fields = "".join(f"<field var='pubsub#{k}'><value>{v}</value></field>" for k, v in options.items())
+        form = (f"<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+                f"<value>{PUBSUB}#publish-options</value></field>{fields}</x></publish-options>")
+    return f"<pubsub xmlns='{PUBSUB}'><publish node='{node}'>{item}</publish>{form}</pubsub>"
+
+
+async def publish(client: Client, node: str, payload: str, item_id: str | None = None, **options: str) -> str:
+    result = await iq(client, publish_xml(node, payload, item_id, **options))
+    return result.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}publish/{{{PUBSUB}}}item").get("id")
+
+
+async def items(client: Client, owner: str, node: str, extra: str = "", inner: str = "") -> list[tuple[str, str]]:
+    result = await iq(client, f"<pubsub xmlns='{PUBSUB}'><items node='{node}' {extra}>{inner}</items></pubsub>",
+                      owner, "get")
+    found = result.xml.findall(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}items/{{{PUBSUB}}}item")
+    return [(item.get("id"), (item[0].text or "")) for item in found]
+
+
+def payload(text: str, namespace: str = "urn:test:data") -> str:
+    return f"<data xmlns='{namespace}'>{text}</data>"
+
+
+async def logout(*clients: Client) -> None:
+    await asyncio.gather(*(c.logout() for c in clients))
+
+
+# ---- publish and retrieve ----------------------------------------------------------------------
+
+def test_publish_retrieve_and_access_models(server: ServerProcess) -> None:
+    alice, bob, carol = new_users(server, "alice", "bob", "carol")
+
+    async def scenario() -> None:
+        a, b, c = await asyncio.gather(login(server, alice), login(server, bob), login(server, carol))
+        await befriend(a, b)
+        generated = await publish(a, "urn:test:presence", payload("one"))
+        assert generated  # an id is made when the item has none, and the result carries it
+        await publish(a, "urn:test:presence", payload("two"), "second")
+        await publish(a, "urn:test:open", payload("public"), "current", access_model="open")
+        await publish(a, "urn:test:private", payload("secret"), "current", access_model="whitelist")
+        assert await items(a, alice, "urn:test:presence") == [("second", "two")]   # max_items defaults to 1
+        assert await items(b, alice, "urn:test:presence") == [("second", "two")]
+        assert await items(b, alice, "urn:test:presence", inner="<item id='second'/>") == [("second", "two")]
+        assert await iq_error(b, f"<pubsub xmlns='{PUBSUB}'><items node='urn:test:presence'>"
+                                 "<item id='nope'/></items></pubsub>", alice, "get") == ("item-not-found", None)
+        assert await iq_error(c, f"<pubsub xmlns='{PUBSUB}'><items node='urn:test:presence'/></pubsub>",
+                              alice, "get") == ("not-authorized", "presence-subscription-required")
+        assert await items(c, alice, "urn:test:open") == [("current", "public")]
+        assert await iq_error(b, f"<pubsub xmlns='{PUBSUB}'><items node='urn:test:private'/></pubsub>",
+                              alice, "get") == ("not-allowed", "closed-node")
+        assert await items(a, alice, "urn:test:private") == [("current", "secret")]   # XEP-0223
+        assert await iq_error(b, f"<pubsub xmlns='{PUBSUB}'><items node='urn:test:none'/></pubsub>",
+                              alice, "get") == ("item-not-found", None)
+        assert await iq_error(b, publish_xml("urn:test:presence", payload("x")), alice) == ("forbidden", None)
+        info = await a.plugin["xep_0030"].get_info(jid=alice, timeout=5)
+        assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
+        assert {f"{PUBSUB}#publish-options", f"{PUBSUB}#access-whitelist", f"{PUBSUB}#last-published"} \
+            <= set(info["disco_info"]["features"])
+        seen_by = {}
+        for who, client in (("alice", a), ("bob", b)):
+            disco = await client.plugin["xep_0030"].get_items(jid=alice, timeout=5)
+            seen_by[who] = {node for _, node, _ in disco["disco_items"]["items"]}
+        assert seen_by["alice"] == {"urn:test:presence", "urn:test:open", "urn:test:private"}
+        assert seen_by["bob"] == {"urn:test:presence", "urn:test:open"}
+        await logout(a, b, c)
+
+    run(scenario())
+
+
+def test_publish_options_are_preconditions(server: ServerProcess) -> None:
+    (alice,) = new_users(server, "alice")
+
+    async def scenario() -> None:
+        a = await login(server, alice)
+        await publish(a, DEVICES, payload("keys"), "current", access_model="presence")
+        await publish(a, DEVICES, payload("keys2"), "current", access_model="presence")   # same: fine
+        assert await iq_error(a, publish_xml(DEVICES, payload("k"), "current", access_model="open")) \
+            == ("conflict", "precondition-not-met")
+        assert await iq_error(a, publish_xml(DEVICES, payload("k"), "current", max_items="max")) \
+            == ("conflict", "precondition-not-met")
+        assert await iq_error(a, publish_xml("urn:test:bad", payload("k"), access_model="authorize")) \
+            == ("not-acceptable", "unsupported-access-model")
+        assert await items(a, alice, DEVICES) == [("current", "keys2")]
+        # the owner may change the node's configuration, then publish with the new options
+        config = await a.plugin["xep_0060"].get_node_config(None, DEVICES, timeout=5)
+        form = config["pubsub_owner"]["configure"]["form"]
+        assert form.get_values()["pubsub#access_model"] == "presence"
+        await iq(a, f"<pubsub xmlns='{OWNER}'><configure node='{DEVICES}'><x xmlns='jabber:x:data' type='submit'>"
+                    f"<field var='FORM_TYPE' type='hidden'><value>{PUBSUB}#node_config</value></field>"
+                    "<field var='pubsub#access_model'><value>open</value></field></x></configure></pubsub>")
+        await publish(a, DEVICES, payload("k3"), "current", access_model="open")
+        await a.logout()
+
+    run(scenario())
+
+
+def test_limits(server: ServerProcess) -> None:
+    (alice,) = new_users(server, "alice")
+
+    async def scenario() -> None:
+        a = await login(server, alice)
+        condition, specific = await iq_error(a, publish_xml("urn:test:big", payload("x" * MAX_BYTES)))
+        assert (condition, specific) == ("not-acceptable", "payload-too-big")
+        for number in range(MAX_ITEMS + 2):
+            await publish(a, "urn:test:many", payload(str(number)), f"i{number}", max_items="max")
+        kept = await items(a, alice, "urn:test:many")
+        assert [item_id for item_id, _ in kept] == [f"i{n}" for n in range(2, MAX_ITEMS + 2)]  # oldest dropped
+        assert await items(a, alice, "urn:test:many", "max_items='2'") == [("i5", "5"), ("i6", "6")]
+        for number in range(MAX_NODES - 1):
+            await publish(a, f"urn:test:node{number}", payload("n"))
+        assert await iq_error(a, publish_xml("urn:test:one-too-many", payload("n"))) == ("resource-constraint", None)
+        await a.logout()
+
+    run(scenario())
