@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import trio
 from lxml import etree
 
-from appliance.client.stream import Account, ClientStream, connect
+from appliance.client.stream import (Account, AuthRefused, ClientStream, LinkLost, PinMismatch, StanzaRefused,
+                                     connect)
+from appliance.net import certs
+from appliance.pairing.invites import normalise_fingerprint
 from appliance.proto import ns
 from appliance.proto.stanza import make, sub
 from tests.harness import PASSWORD, ServerProcess
@@ -43,3 +49,92 @@ async def test_login_binds_resource_and_enables_stream_management(server: Server
     assert stream.sm.id and not stream.resumed
     await stream.heartbeat(5)
     await stream.aclose()
+
+
+async def test_two_clients_chat_both_ways_and_query_the_roster(server: ServerProcess) -> None:
+    server.add_user("ed")
+    server.add_user("flo")
+    ed, flo = await login(server, "ed"), await login(server, "flo")
+    await ed.send(chat(f"flo@{server.domain}", "hello flo"))
+    got = await next_message(flo)
+    assert got.findtext(f"{{{ns.CLIENT}}}body") == "hello flo" and got.get("from") == ed.jid
+    await flo.send(chat(f"ed@{server.domain}", "hi ed"))
+    assert (await next_message(ed)).findtext(f"{{{ns.CLIENT}}}body") == "hi ed"
+    # iq() while another task sits in receive(): the reader hands the result over.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flo.receive)
+        query = make("iq", type_="get")
+        sub(query, f"{{{ns.ROSTER}}}query")
+        result = await flo.iq(query, timeout=10)
+        nursery.cancel_scope.cancel()
+    assert result.get("type") == "result" and result.find(f"{{{ns.ROSTER}}}query") is not None
+    await flo.heartbeat(5)  # the ack request is answered after all that
+    await ed.aclose()
+    await flo.aclose()
+
+
+async def test_iq_error_is_raised_with_its_condition(server: ServerProcess) -> None:
+    server.add_user("gil")
+    gil = await login(server, "gil")
+    bogus = make("iq", to=server.domain, type_="get")
+    sub(bogus, "{urn:example:nothing}query")
+    with pytest.raises(StanzaRefused) as refused:
+        await gil.iq(bogus, timeout=10)
+    assert refused.value.condition == "service-unavailable"
+    await gil.aclose()
+
+
+async def test_wrong_password_is_not_authorized(server: ServerProcess) -> None:
+    server.add_user("hal")
+    with pytest.raises(AuthRefused) as refused:
+        await connect(account(server, "hal", "wrong"), cafile=str(server.cert), timeout=10)
+    assert refused.value.condition == "not-authorized"
+
+
+async def test_pinned_certificate_connects_and_a_wrong_pin_is_refused(server: ServerProcess) -> None:
+    server.add_user("ivy")
+    pin = normalise_fingerprint(certs.fingerprint_sha256(server.cert))
+    pinned = replace(account(server, "ivy"), fingerprint=pin)
+    stream = await connect(pinned, timeout=10)  # no cafile: the pin alone is trusted
+    await stream.aclose()
+    wrong = pin[:-1] + ("0" if pin[-1] != "0" else "1")
+    with pytest.raises(PinMismatch):
+        await connect(replace(pinned, fingerprint=wrong), timeout=10)
+    with pytest.raises(LinkLost):  # no pin: the self-signed certificate is not trusted by the system
+        await connect(account(server, "ivy"), timeout=10)
+
+
+async def test_message_to_a_lost_link_arrives_after_resumption(server: ServerProcess) -> None:
+    server.add_user("jo")
+    server.add_user("kim")
+    jo, kim = await login(server, "jo"), await login(server, "kim")
+    await jo.heartbeat(5)
+    old_sm = jo.sm
+    await jo.abort()  # the socket closes without </stream:stream>: the server keeps the session
+    await kim.send(chat(jo.jid, "while you were away"))
+    await kim.heartbeat(5)  # the server has the message
+    jo = await connect(account(server, "jo"), resume=old_sm, cafile=str(server.cert), timeout=10)
+    assert jo.resumed and jo.jid == old_sm.jid and jo.lost == []
+    got = await next_message(jo)
+    assert got.findtext(f"{{{ns.CLIENT}}}body") == "while you were away"
+    await jo.heartbeat(5)
+    await jo.aclose()
+    await kim.aclose()
+
+
+async def test_resumption_after_a_server_restart_fails_and_binds_anew(fresh_server: ServerProcess) -> None:
+    server = fresh_server.start()
+    server.add_user("lou")
+    lou = await login(server, "lou")
+    await lou.heartbeat(5)
+    await lou.send(chat(f"lou@{server.domain}", "not acknowledged"))
+    old_sm = lou.sm
+    await lou.abort()
+    server.stop()
+    server.start()
+    lou = await connect(account(server, "lou"), resume=old_sm, cafile=str(server.cert), timeout=10)
+    assert not lou.resumed and lou.sm.id and lou.sm.id != old_sm.id
+    assert lou.jid.startswith(f"lou@{server.domain}/")
+    assert [b"not acknowledged" in data for data in lou.lost] == [True]  # to send again
+    await lou.heartbeat(5)
+    await lou.aclose()
