@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import nacl.public
@@ -80,7 +81,7 @@ class KeyStore:
         if row is not None:
             return DeviceKey(row[0], nacl.public.PrivateKey(row[1]))
         device = DeviceKey.generate()
-        with self._conn:
+        with _transaction(self._conn):
             self._conn.execute("INSERT INTO e2e_own_device VALUES (1, ?, ?, ?)",
                                (device.device_id, bytes(device.private_key), time.time()))
         _owner_only(self._conn)
@@ -105,7 +106,7 @@ class KeyStore:
         a different key for a known device is held as pending, trust CHANGED. Devices missing from
         the list become inactive."""
         jid, changes = bare(jid), Changes()
-        with self._conn:
+        with _transaction(self._conn):
             for device_id, key in devices.items():
                 self._remember_one(jid, device_id, key, verified, changes)
             listed = f"device_id IN ({','.join('?' * len(devices))})"
@@ -141,7 +142,7 @@ class KeyStore:
         row = self._row(bare(jid), device_id)
         if row is None or row["pending_key"] is None:
             raise ValueError(f"device {device_id} of {jid} has no changed key to accept")
-        with self._conn:
+        with _transaction(self._conn):
             self._set(bare(jid), device_id, public_key=row["pending_key"], pending_key=None, trust=TOFU)
 
     def verify(self, jid: str, device_id: int, fingerprint: str) -> str:
@@ -151,7 +152,7 @@ class KeyStore:
         FingerprintMismatch when the fingerprint matches neither key."""
         jid, wanted = bare(jid), _normalise(fingerprint)
         row = self._row(jid, device_id)
-        with self._conn:
+        with _transaction(self._conn):
             if row is None or row["public_key"] is None:
                 self._set(jid, device_id, expected=wanted, trust=EXPECTED)
                 return EXPECTED
@@ -185,6 +186,22 @@ def _normalise(fingerprint: str) -> str:
     return hexdigits
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, whichever isolation mode the connection uses (ClientState's is
+    autocommit); inside a caller's transaction, part of it."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _owner_only(conn: sqlite3.Connection) -> None:
     """The database now holds a private key: readable by its owner only (with its WAL files)."""
     for _, name, path in conn.execute("PRAGMA database_list").fetchall():
@@ -207,7 +224,7 @@ class ReplayGuard:
         conn.executescript(_SCHEMA)
 
     def admit(self, jid: str, device_id: int, message_id: str, stamp: int, now: float) -> None:
-        with self._conn:
+        with _transaction(self._conn):
             floor = max(now - self.window, self._floor())
             if stamp < floor:
                 raise Replayed(f"message {message_id} is dated before the replay window "
