@@ -109,6 +109,13 @@ def test_the_server_sees_only_the_fallback_body(devices):
     assert message.get("type") == "chat"
 
 
+def test_lengths_are_padded_so_the_ciphertext_hides_the_exact_length(devices, guard):
+    payloads = [base64.b64decode(sent(devices, text).findtext(f"{{{e2e.NS}}}encrypted/{{{e2e.NS}}}payload"))
+                for text in ("a", "ab", "a" * 40)]
+    assert len({len(p) for p in payloads}) == 1
+    assert (len(payloads[0]) - 24 - 16) % e2e.PAD_TO == 0      # nonce and MAC around the content
+
+
 def flip_bit(message, path: str, byte: int) -> None:
     """Change one bit of the decoded bytes of the element at `path` (byte < 24: the nonce)."""
     element = message.find(path)
@@ -202,7 +209,8 @@ def test_fingerprint_is_sha256_in_groups():
     digest = hashlib.sha256(key).hexdigest()
     assert e2e.fingerprint_hex(key) == digest
     assert e2e.fingerprint(key) == " ".join(digest[i:i + 8] for i in range(0, 64, 8))
-    assert len(e2e.fingerprint(key).split(" ")) == 8
+    # The test vector in docs/e2e.md.
+    assert e2e.fingerprint(key) == "630dcd29 66c43366 91125448 bbb25b4f f412a49c 732db2c8 abc1b858 1bd710dd"
 
 
 def test_device_list_round_trip_through_publish_and_event(devices):

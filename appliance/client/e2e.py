@@ -38,6 +38,7 @@ EME_NAME = "Appliance NaCl"
 VERSION = 0                                    # the inner JSON's "v"
 MAX_DEVICE_ID = 2**31 - 1                      # device ids are 1 .. 2^31-1, like OMEMO's
 KEY_BYTES = 32
+PAD_TO = 64                                    # the sealed content's length is a multiple of this
 FALLBACK_BODY = ("[This message is end-to-end encrypted (Appliance NaCl). "
                  "Your client cannot show it: open it in the appliance's client.]")
 VERIFIED, TOFU, CHANGED = "verified", "tofu", "changed"   # PeerKey.trust
@@ -156,6 +157,7 @@ def encrypt(plaintext: str, *, sender: DeviceKey, recipients: Mapping[int, PeerK
         box = nacl.public.Box(sender.private_key, nacl.public.PublicKey(peer.public_key))
         sub(encrypted, f"{{{NS}}}key", _b64(box.encrypt(message_key)), rid=str(device_id))
     content = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
+    content += b" " * (-len(content) % PAD_TO)    # JSON allows trailing whitespace
     sub(encrypted, f"{{{NS}}}payload", _b64(nacl.secret.SecretBox(message_key).encrypt(content)))
     return encrypted
 
