@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -54,7 +56,8 @@ async def login(server: ServerProcess, jid: str, resource: str = "phone", *, nic
     delete and purge, one entry per item. `nick`: with xep_0172, i.e. nick+notify in its caps."""
     client = Client(server, f"{jid}/{resource}", plugins=BASE_PLUGINS + (("xep_0172",) if nick else ()))
     client.events = asyncio.Queue()
-    client.add_event_handler("message", lambda m: _collect_events(client, m))
+    for name in ("pubsub_publish", "pubsub_retract", "pubsub_purge", "pubsub_delete"):
+        client.add_event_handler(name, lambda m: _collect_events(client, m))
     await client.login(send_presence=False, get_roster=True)
     for namespace in interests:
         client.plugin["xep_0030"].add_feature(f"{namespace}+notify")
@@ -211,3 +214,115 @@ def test_limits(server: ServerProcess) -> None:
         await a.logout()
 
     run(scenario())
+
+
+# ---- notifications -------------------------------------------------------------------------------
+
+def test_notifications_follow_notify_interest(server: ServerProcess) -> None:
+    alice, bob, dave, carol = new_users(server, "alice", "bob", "dave", "carol")
+
+    async def scenario() -> None:
+        a = await login(server, alice, nick=True)
+        a2 = await login(server, alice, "laptop", nick=True)
+        b = await login(server, bob, nick=True)                        # nick+notify in its caps
+        d = await login(server, dave, interests=(SENTINEL,))          # no nick+notify
+        c = await login(server, carol, nick=True, interests=(SENTINEL,))   # a stranger
+        await befriend(a, b)
+        await befriend(a, d)
+        nicks = asyncio.Queue()
+        b.add_event_handler("user_nick_publish", nicks.put_nowait)
+        await a.plugin["xep_0172"].publish_nick("Alice", timeout=5)
+        event = await asyncio.wait_for(nicks.get(), 10)
+        assert event["from"] == alice and event["type"] == "headline"
+        assert event["pubsub_event"]["items"]["item"]["payload"].text == "Alice"
+        assert (await next_event(a2))[0] == NICK                      # the owner's other resource too
+        await publish(a, SENTINEL, payload("after the nick"), "current")
+        node, element = await next_event(d)                           # dave never got the nick
+        assert node == SENTINEL and element[0].text == "after the nick"
+        await publish(a, SENTINEL, payload("open"), "current2")
+        # carol is a stranger: a presence node's events never reach her; then a node of her own does
+        await publish(c, SENTINEL, payload("carol's own"), "mine")
+        assert (await next_event(c))[1][0].text == "carol's own"
+        await logout(a, a2, b, d, c)
+        assert "do not hash" not in server.log_text()   # slixmpp's caps verified (XEP-0115 §5)
+
+    run(scenario())
+
+
+def test_last_item_when_a_contact_comes_online(server: ServerProcess) -> None:
+    alice, bob = new_users(server, "alice", "bob")
+
+    async def scenario() -> None:
+        a, b = await asyncio.gather(login(server, alice), login(server, bob))
+        await befriend(a, b)
+        await b.logout()
+        await publish(a, NICK, f"<nick xmlns='{NICK}'>first</nick>", "current")
+        await publish(a, NICK, f"<nick xmlns='{NICK}'>Alice</nick>", "current")
+        await publish(a, DEVICES, payload("device keys", DEVICES), "current")
+        b = await login(server, bob, nick=True, interests=(DEVICES,))
+        got = dict([await next_event(b), await next_event(b)])
+        assert got[NICK].find(f"{{{NICK}}}nick").text == "Alice"     # only the last item of each node
+        assert got[DEVICES][0].text == "device keys"
+        await logout(a, b)
+
+    run(scenario())
+
+
+def test_retract_delete_and_purge_notify(server: ServerProcess) -> None:
+    alice, bob = new_users(server, "alice", "bob")
+
+    async def scenario() -> None:
+        a = await login(server, alice)
+        b = await login(server, bob, interests=(DEVICES,))
+        await befriend(a, b)
+        await publish(a, DEVICES, payload("k1", DEVICES), "one", max_items="5")
+        await publish(a, DEVICES, payload("k2", DEVICES), "two", max_items="5")
+        assert [(await next_event(b))[1].get("id") for _ in range(2)] == ["one", "two"]
+        await a.plugin["xep_0060"].retract(None, DEVICES, "one", notify=True, timeout=5)
+        node, retract = await next_event(b)
+        assert (node, retract.tag, retract.get("id")) == (DEVICES, f"{{{EVENT}}}retract", "one")
+        assert await items(b, alice, DEVICES) == [("two", "k2")]
+        assert await iq_error(a, f"<pubsub xmlns='{PUBSUB}'><retract node='{DEVICES}'><item id='one'/></retract>"
+                                 "</pubsub>") == ("item-not-found", None)
+        await iq(a, f"<pubsub xmlns='{OWNER}'><purge node='{DEVICES}'/></pubsub>")
+        node, purge = await next_event(b)
+        assert (node, purge.tag) == (DEVICES, f"{{{EVENT}}}purge")
+        assert await items(b, alice, DEVICES) == []
+        await a.plugin["xep_0060"].delete_node(None, DEVICES, timeout=5)
+        node, delete = await next_event(b)
+        assert (node, delete.tag) == (DEVICES, f"{{{EVENT}}}delete")
+        assert await iq_error(b, f"<pubsub xmlns='{PUBSUB}'><items node='{DEVICES}'/></pubsub>",
+                              alice, "get") == ("item-not-found", None)
+        await logout(a, b)
+
+    run(scenario())
+
+
+# ---- storage -----------------------------------------------------------------------------------------
+
+def test_nodes_persist_across_a_restart_and_go_with_the_account(fresh_server: ServerProcess) -> None:
+    fresh_server.start()
+    alice, bob = fresh_server.add_user("alice"), fresh_server.add_user("bob")
+
+    async def before() -> None:
+        a, b = await asyncio.gather(login(fresh_server, alice), login(fresh_server, bob))
+        await befriend(a, b)
+        await publish(a, DEVICES, payload("keys", DEVICES), "current")
+        await logout(a, b)
+
+    async def after() -> None:
+        b = await login(fresh_server, bob, interests=(DEVICES,))
+        assert (await next_event(b))[1][0].text == "keys"       # the last item, from disk
+        assert await items(b, alice, DEVICES) == [("current", "keys")]
+        a = Client(fresh_server, alice, plugins=("xep_0030", "xep_0077"))
+        await a.login()
+        await a.plugin["xep_0077"].cancel_registration(timeout=5)
+        await b.logout()
+
+    run(before())
+    fresh_server.stop()
+    fresh_server.start()
+    run(after())
+    with closing(sqlite3.connect(fresh_server.data / "appliance.sqlite3")) as conn:
+        assert conn.execute("SELECT count(*) FROM pep_nodes").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pep_items").fetchone()[0] == 0
