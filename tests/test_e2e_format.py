@@ -197,7 +197,9 @@ def test_a_changed_key_stops_both_directions(devices, guard):
 
 def test_inactive_devices_get_no_key_and_no_device_is_an_error(devices):
     bob = devices.bob()
-    bob[devices.bob_tablet.device_id] = PeerKey(devices.bob_tablet.public_key, active=False)
+    # Gone from Bob's list (with a key change nobody accepted: it gets nothing, so it blocks nothing).
+    bob[devices.bob_tablet.device_id] = PeerKey(devices.bob_tablet.public_key, e2e.CHANGED,
+                                                pending_key=bytes(32), active=False)
     rids = {k.get("rid") for k in sent(devices, recipients=bob, own={}).iter(f"{{{e2e.NS}}}key")}
     assert rids == {str(devices.bob_phone.device_id)}
     with pytest.raises(e2e.UnknownDevice, match="no device"):

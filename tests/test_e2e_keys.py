@@ -59,7 +59,8 @@ def test_first_use_is_trusted_and_reported_new(state):
     assert keys.trust_of(ANNA, anna.device_id) == e2e.TOFU
     assert keys.remember(ANNA, {anna.device_id: anna.public_key}).new == []   # seen again: nothing new
     bob_device = keys.own_device()
-    assert bob_reads(state, message_from(anna, {bob_device.device_id: bob_device.public_key})).body == "hi"
+    got = bob_reads(state, message_from(anna, {bob_device.device_id: bob_device.public_key}))
+    assert (got.body, got.trust) == ("hi", e2e.TOFU)
 
 
 def test_a_key_change_blocks_until_accepted(state):
@@ -101,6 +102,8 @@ def test_invite_fingerprint_makes_the_contact_verified_without_tofu(state):
     changes = keys.remember(ANNA, {anna.device_id: anna.public_key})
     assert changes.new == [anna.device_id]
     assert keys.trust_of(ANNA, anna.device_id) == e2e.VERIFIED
+    bob = keys.own_device()
+    assert bob_reads(state, message_from(anna, {bob.device_id: bob.public_key})).trust == e2e.VERIFIED
 
 
 def test_a_published_key_that_contradicts_the_invite_is_a_change(state):
@@ -129,6 +132,14 @@ def test_verify_by_hand(state):
     assert (peer.public_key, peer.pending_key, peer.trust) == (anna_new.public_key, None, e2e.VERIFIED)
     with pytest.raises(ValueError, match="not a SHA-256"):
         keys.verify(ANNA, anna.device_id, "abc")
+    # Vouching for the old key while a change is pending discards the other key...
+    impostor = DeviceKey.generate()
+    assert keys.remember(ANNA, {anna.device_id: impostor.public_key}).changed == [anna.device_id]
+    keys.verify(ANNA, anna.device_id, e2e.fingerprint(anna_new.public_key))
+    peer = keys.devices_of(ANNA)[anna.device_id]
+    assert (peer.public_key, peer.pending_key, peer.trust) == (anna_new.public_key, None, e2e.VERIFIED)
+    # ...and it is flagged again as soon as it is published again.
+    assert keys.remember(ANNA, {anna.device_id: impostor.public_key}).changed == [anna.device_id]
 
 
 def test_a_device_left_out_of_the_list_gets_no_more_messages(state):

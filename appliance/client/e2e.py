@@ -110,6 +110,7 @@ class Decrypted:
     sender_device: int
     message_id: str
     stamp: int             # the sender's clock, unix seconds
+    trust: str             # the sender device's: VERIFIED or TOFU (show which)
 
 
 class ReplayGuard(Protocol):
@@ -128,10 +129,15 @@ def fingerprint(public_key: bytes) -> str:
     return " ".join(digest[i:i + 8] for i in range(0, 64, 8))
 
 
-def bare(jid: str | None) -> str:
-    """The normalised bare JID; Tampered if absent or invalid (it came from the message)."""
+def bare(jid: str) -> str:
+    """The normalised bare JID (InvalidJID, a ValueError, if it is not one)."""
+    return str(JID.parse(jid).bare)
+
+
+def _envelope_bare(jid: str | None) -> str:
+    """A received message's address, bare; Tampered if absent or invalid."""
     try:
-        return str(JID.parse(jid or "").bare)
+        return bare(jid or "")
     except InvalidJID as exc:
         raise Tampered(f"bad address {jid!r}: {exc}") from None
 
@@ -143,17 +149,17 @@ def encrypt(plaintext: str, *, sender: DeviceKey, recipients: Mapping[int, PeerK
     (`recipients`) and the sender's other active devices (`own_devices`). Raises KeyChanged if any
     of them has an unaccepted key change, UnknownDevice if the recipient has no device."""
     from_bare, to_bare = bare(from_jid), bare(to_jid)
-    own = {d: k for d, k in (own_devices or {}).items() if d != sender.device_id}
-    _refuse_changed(to_bare, recipients)
+    theirs = {d: k for d, k in recipients.items() if k.active}
+    own = {d: k for d, k in (own_devices or {}).items() if k.active and d != sender.device_id}
+    _refuse_changed(to_bare, theirs)
     _refuse_changed(from_bare, own)
-    targets = [(d, k) for d, k in [*recipients.items(), *own.items()] if k.active]
-    if not any(k.active for k in recipients.values()):
+    if not theirs:
         raise UnknownDevice(to_bare, None, f"{to_bare} has no device with a known key")
     message_key = nacl.utils.random(KEY_BYTES)
     inner = {"v": VERSION, "from": from_bare, "to": to_bare, "sid": sender.device_id,
              "id": secrets.token_hex(16), "ts": int(now), "body": plaintext}
     encrypted = etree.Element(f"{{{NS}}}encrypted", nsmap={None: NS}, sid=str(sender.device_id))
-    for device_id, peer in targets:
+    for device_id, peer in [*theirs.items(), *own.items()]:
         box = nacl.public.Box(sender.private_key, nacl.public.PublicKey(peer.public_key))
         sub(encrypted, f"{{{NS}}}key", _b64(box.encrypt(message_key)), rid=str(device_id))
     content = json.dumps(inner, ensure_ascii=False, separators=(",", ":")).encode()
@@ -194,7 +200,7 @@ def decrypt(message: Element, *, my_device: DeviceKey, sender_devices: Mapping[i
     encrypted = message.find(f"{{{NS}}}encrypted")
     if encrypted is None:
         raise ValueError("not an encrypted message")
-    from_bare, to_bare = bare(message.get("from")), bare(message.get("to"))
+    from_bare, to_bare = _envelope_bare(message.get("from")), _envelope_bare(message.get("to"))
     sid = _device_id(encrypted.get("sid"))
     peer = sender_devices.get(sid)
     if peer is None:
@@ -208,7 +214,7 @@ def decrypt(message: Element, *, my_device: DeviceKey, sender_devices: Mapping[i
     if bare(my_jid) not in (to_bare, from_bare):
         raise Tampered(f"the message is between {from_bare} and {to_bare}, not for {bare(my_jid)}")
     replay_guard.admit(from_bare, sid, inner["id"], inner["ts"], now)
-    return Decrypted(inner["body"], from_bare, sid, inner["id"], inner["ts"])
+    return Decrypted(inner["body"], from_bare, sid, inner["id"], inner["ts"], peer.trust)
 
 
 def _open_message_key(encrypted: Element, my_device: DeviceKey, peer: PeerKey, sid: int) -> bytes:

@@ -139,27 +139,29 @@ class KeyStore:
 
     def accept_change(self, jid: str, device_id: int) -> None:
         """The user accepts a changed key: it becomes the device's key, trusted on first use."""
-        row = self._row(bare(jid), device_id)
-        if row is None or row["pending_key"] is None:
-            raise ValueError(f"device {device_id} of {jid} has no changed key to accept")
+        jid = bare(jid)
         with _transaction(self._conn):
-            self._set(bare(jid), device_id, public_key=row["pending_key"], pending_key=None, trust=TOFU)
+            row = self._row(jid, device_id)
+            if row is None or row["pending_key"] is None:
+                raise ValueError(f"device {device_id} of {jid} has no changed key to accept")
+            self._set(jid, device_id, public_key=row["pending_key"], pending_key=None, trust=TOFU)
 
     def verify(self, jid: str, device_id: int, fingerprint: str) -> str:
-        """The user (or a scanned invite) vouches for `fingerprint`: the device's key (or its pending
-        key, which is then accepted) becomes VERIFIED. For a device whose key is not known yet, the
-        fingerprint is kept and checked when the key arrives (returns EXPECTED). Raises
-        FingerprintMismatch when the fingerprint matches neither key."""
+        """The user (or a scanned invite) vouches for `fingerprint`: the device key it matches
+        becomes the device's only key, VERIFIED. If a change was pending, matching the new key
+        accepts it, matching the old one discards it (the device will be flagged again if the other
+        key is published again). For a device whose key is not known yet, the fingerprint is kept
+        and checked when the key arrives (returns EXPECTED). Raises FingerprintMismatch when the
+        fingerprint matches neither key."""
         jid, wanted = bare(jid), _normalise(fingerprint)
-        row = self._row(jid, device_id)
         with _transaction(self._conn):
+            row = self._row(jid, device_id)
             if row is None or row["public_key"] is None:
                 self._set(jid, device_id, expected=wanted, trust=EXPECTED)
                 return EXPECTED
             for key in (row["pending_key"], row["public_key"]):
                 if key is not None and fingerprint_hex(key) == wanted:
-                    self._set(jid, device_id, public_key=key, trust=VERIFIED,
-                              pending_key=None if key == row["pending_key"] else row["pending_key"])
+                    self._set(jid, device_id, public_key=key, pending_key=None, trust=VERIFIED)
                     return VERIFIED
         raise FingerprintMismatch(f"the fingerprint given for device {device_id} of {jid} matches "
                                   "none of its keys: do not trust it")
