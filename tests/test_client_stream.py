@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import replace
 
 import pytest
@@ -138,3 +139,41 @@ async def test_resumption_after_a_server_restart_fails_and_binds_anew(fresh_serv
     assert [b"not acknowledged" in data for data in lou.lost] == [True]  # to send again
     await lou.heartbeat(5)
     await lou.aclose()
+
+
+async def test_heartbeat_without_answer_loses_the_link(server: ServerProcess) -> None:
+    server.add_user("max")
+    stream = await login(server, "max")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)  # the server hears nothing and says nothing
+    try:
+        with pytest.raises(LinkLost, match="no answer"):
+            await stream.heartbeat(1)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    with pytest.raises(LinkLost):  # the connection is closed for good
+        await stream.receive()
+
+
+async def test_server_pings_and_ack_requests_are_answered(fresh_server: ServerProcess) -> None:
+    fresh_server.settings = {"keepalive.ping_interval": 0.5, "keepalive.ping_timeout": 1.0,
+                             "stream_management.request_after": 1}
+    server = fresh_server.start()
+    server.add_user("ned")
+    server.add_user("ola")
+    ned, ola = await login(server, "ned"), await login(server, "ola")
+    async def drain(stream: ClientStream) -> None:
+        while True:
+            await stream.receive()
+
+    with trio.move_on_after(4):  # silent but reading: the server's pings are answered meanwhile
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, ned)
+            nursery.start_soon(drain, ola)
+    await ola.send(chat(ned.jid, "still there?"))
+    assert (await next_message(ned)).findtext(f"{{{ns.CLIENT}}}body") == "still there?"
+    await ned.heartbeat(5)
+    assert "no answer to ping" not in server.log_text()
+    assert "handled-count-too-high" not in server.log_text()  # our <a h=.../> were right
+    await ned.aclose()
+    await ola.aclose()

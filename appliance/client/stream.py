@@ -80,8 +80,12 @@ class ClientStream:
         data = to_stream(stanza)
         async with self._link.send_lock:  # queue order is wire order
             if self.counting:
-                self.sm.outbound_unacked.append(data)
-            await self._link.send_unlocked(data)
+                self.sm.outbound_unacked.append(data)  # kept even if the write fails: resent on resumption
+            try:
+                await self._link.send_unlocked(data)
+            except LinkLost as exc:
+                self._error = self._error or exc
+                raise
 
     async def iq(self, request: Element, timeout: float = 30) -> Element:
         """Send an IQ get/set and return its result; StanzaRefused on type='error',
