@@ -125,3 +125,14 @@ async def test_contact_invite_for_an_existing_account_subscribes_with_the_token(
     assert (await roster_of(uma))[tess.jid] == "both"
     assert (await roster_of(tess))[uma.jid] == "both"
     assert server.logged(f"{uma.jid} used contact invite")
+
+
+async def test_a_device_with_an_account_refuses_a_second_one(server: ServerProcess, tmp_path: Path) -> None:
+    state = ClientState(tmp_path / "c")
+    state.save_account(Account(f"vic@{server.domain}", PASSWORD, server.host, server.port, None))
+    with pytest.raises(PairingFailed, match="already has the account"):
+        await pair(invite(server), state, host=server.host, port=server.port, username="vic2", timeout=10)
+    state.save_account(Account("vic@elsewhere.test", PASSWORD, server.host, server.port, None))
+    server.add_user("wes")
+    with pytest.raises(PairingFailed, match="another server"):
+        await pair(invite(server, "--contact", "wes"), state, timeout=10)

@@ -73,3 +73,9 @@ def test_media_paths_stay_in_the_media_directory(tmp_path):
     state = ClientState(tmp_path / "c")
     assert state.media_path("../../etc/passwd") == tmp_path / "c" / "media" / "passwd"
     assert state.media_path("photo.jpg").parent.is_dir()
+
+
+def test_acknowledgement_drops_the_oldest_unacked_stanzas_across_the_wrap():
+    sm = SmState("sm-1", 0, [b"<a1/>", b"<a2/>", b"<a3/>"], acked=2 ** 32 - 1)
+    sm.acknowledge(1)  # h wraps at 2^32 (XEP-0198 §4): 2^32 - 1 -> 1 acknowledges two
+    assert sm.outbound_unacked == [b"<a3/>"] and sm.acked == 1

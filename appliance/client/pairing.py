@@ -41,6 +41,9 @@ async def pair(uri: str, state: ClientState, *, host: str | None = None, port: i
     local, _, domain = invite.jid.rpartition("@")
     where = (host or domain, port, _fingerprint(invite), cafile)
     existing = state.load_account()
+    if existing is not None and existing.domain != domain:
+        raise PairingFailed(f"This device's account {existing.jid} is on another server than the invite "
+                            f"({domain}); use another data directory for it.")
     if invite.action == "roster" and existing is not None:
         await _befriend(existing, invite.jid, token, cafile, timeout)
         return existing
@@ -146,7 +149,7 @@ async def _request(link: Link, iq: Element, step: str) -> None:
 def _refusal(step: str, condition: str, text: str) -> str:
     """The server's refusal (features/invites.py, register.py) as a sentence."""
     reason = text or condition.replace("-", " ")
-    if condition in ("item-not-found", "forbidden") and step == "invite" or condition == "forbidden":
+    if condition == "forbidden" or (condition == "item-not-found" and step == "invite"):
         return f"The invite cannot be used: {reason}. Ask whoever invited you for a new one."
     if condition == "conflict":
         return f"The username cannot be had: {reason}. Choose another one."

@@ -34,17 +34,21 @@ async def connect(account: Account, *, resume: SmState | None = None, timeout: f
                   cafile: str | None = None) -> ClientStream:
     """TCP, STARTTLS (pinned to account.fingerprint, or verified against the system's trust
     store or `cafile`), SASL SCRAM, then XEP-0198 resumption of `resume` if the server still has
-    it, else a new session. Raises AuthRefused, LinkLost (PinMismatch), OSError, trio.TooSlowError.
-    `resume` is left as it was: when `resumed` is False, `lost` holds what the server never got."""
-    with trio.fail_after(timeout):
-        link = await Link.open(account.host, account.port, account.domain)
-        try:
-            features = await starttls(link, account, cafile)
-            features = await authenticate(link, account, features)
-            session = await establish(link, account, features, resume)
-        except BaseException:
-            await link.abort()
-            raise
+    it, else a new session. Raises AuthRefused, LinkLost (PinMismatch; also when `timeout` passes),
+    OSError. `resume` is left as it was: when `resumed` is False, `lost` holds what the server
+    never got."""
+    try:
+        with trio.fail_after(timeout):
+            link = await Link.open(account.host, account.port, account.domain)
+            try:
+                features = await starttls(link, account, cafile)
+                features = await authenticate(link, account, features)
+                session = await establish(link, account, features, resume)
+            except BaseException:
+                await link.abort()
+                raise
+    except trio.TooSlowError:
+        raise LinkLost(f"logging in to {account.host}:{account.port} took more than {timeout:g} s") from None
     stream = ClientStream(link, session.jid, session.sm, resumed=session.resumed, lost=session.lost)
     stream.queue.extend(session.early)
     return stream
