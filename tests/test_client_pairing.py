@@ -136,3 +136,15 @@ async def test_a_device_with_an_account_refuses_a_second_one(server: ServerProce
     server.add_user("wes")
     with pytest.raises(PairingFailed, match="another server"):
         await pair(invite(server, "--contact", "wes"), state, timeout=10)
+
+
+@pytest.mark.parametrize("uri, sentence", [
+    ("https://chat.local/invite/abc", "not an invite link"),
+    ("xmpp:chat.local?message;body=hi", "carries no invite token"),
+    ("xmpp:chat.local?roster;preauth=abc", "names no inviter"),
+    ("xmpp:chat'local?register;preauth=abc", "no valid server"),
+    ("xmpp:chat.local?register;preauth=abc;tls-sha256=12ab", "fingerprint .* is damaged"),
+])
+async def test_links_that_are_no_usable_invites(tmp_path: Path, uri: str, sentence: str) -> None:
+    with pytest.raises(PairingFailed, match=sentence):
+        await pair(uri, ClientState(tmp_path), host="127.0.0.1", port=free_port(), username="x", timeout=5)

@@ -8,6 +8,7 @@ import hashlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
 
 import trio
 from lxml import etree
@@ -109,10 +110,10 @@ class Link:
     async def start_stream(self, from_jid: str | None = None) -> Element:
         """Send a stream header, and return the server's <stream:features/>."""
         self._parser, self._events = StreamParser(), deque()
-        from_attr = f" from='{from_jid}'" if from_jid else ""
+        from_attr = f" from={quoteattr(from_jid)}" if from_jid else ""
         await self.send(
             f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAM}'"
-            f" to='{self.domain}'{from_attr} version='1.0' xml:lang='en'>".encode())
+            f" to={quoteattr(self.domain)}{from_attr} version='1.0' xml:lang='en'>".encode())
         features = await self.next_element()
         if features.tag != f"{{{ns.STREAM}}}features":
             raise LinkLost(f"expected stream features, got {etree.QName(features).localname}")

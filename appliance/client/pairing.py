@@ -21,7 +21,7 @@ from appliance.client.state import ClientState, roster_items
 from appliance.client.stream import ClientStream, connect
 from appliance.pairing.invites import ParsedUri, normalise_fingerprint, parse_uri
 from appliance.proto import ns
-from appliance.proto.jid import InvalidJID, normalise_local
+from appliance.proto.jid import InvalidJID, normalise_domain, normalise_local
 from appliance.proto.stanza import STREAM_CLOSE, Element, iq_result, make, sub, to_stream
 
 PASSWORD_BYTES = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
@@ -74,6 +74,10 @@ def _parse(uri: str) -> ParsedUri:
         raise PairingFailed("This xmpp: link is no invite: it carries no invite token (preauth=...).")
     if invite.action == "roster" and "@" not in invite.jid:
         raise PairingFailed("This contact invite names no inviter.")
+    try:
+        normalise_domain(invite.jid.rpartition("@")[2])
+    except InvalidJID as exc:
+        raise PairingFailed(f"The invite names no valid server ({exc}).") from None
     return invite
 
 
