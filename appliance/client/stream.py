@@ -128,8 +128,8 @@ class ClientStream:
         try:
             await self._handle(await self._link.next_element())
         except LinkLost as exc:
-            self._error = exc
-            raise
+            self._error = self._error or exc  # after abort(): the reason for it, not the closed fd
+            raise self._error
         finally:
             self._reading = False
             self._changed.set()
@@ -178,8 +178,8 @@ class ClientStream:
                 sub(ping, f"{{{ns.PING}}}ping")
                 await self.iq(ping, timeout + 1)  # the outer deadline comes first
             return
-        await self.abort()
         self._error = LinkLost(f"no answer from the server in {timeout:g} s")
+        await self.abort()  # a reader woken by the close raises this _error too
         raise self._error
 
     async def abort(self) -> None:
