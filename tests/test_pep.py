@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import time
 from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -32,6 +33,7 @@ SENTINEL = "urn:test:sentinel"
 DEVICES = "urn:appliance:e2e:0:devices"
 BASE_PLUGINS = ("xep_0030", "xep_0199", "xep_0060", "xep_0115", "xep_0163")
 MAX_ITEMS, MAX_BYTES, MAX_NODES = 5, 2000, 6
+QUIET = 0.6   # how long "nothing arrives" is watched for
 _numbers = itertools.count()
 
 
@@ -154,6 +156,8 @@ def test_publish_retrieve_and_access_models(server: ServerProcess) -> None:
         assert await iq_error(b, f"<pubsub xmlns='{PUBSUB}'><items node='urn:test:none'/></pubsub>",
                               alice, "get") == ("item-not-found", None)
         assert await iq_error(b, publish_xml("urn:test:presence", payload("x")), alice) == ("forbidden", None)
+        assert await iq_error(b, f"<pubsub xmlns='{PUBSUB}'><subscribe node='urn:test:presence' jid='{bob}'/>"
+                                 "</pubsub>", alice) == ("feature-not-implemented", "unsupported")
         info = await a.plugin["xep_0030"].get_info(jid=alice, timeout=5)
         assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
         assert {f"{PUBSUB}#publish-options", f"{PUBSUB}#access-whitelist", f"{PUBSUB}#last-published"} \
@@ -268,6 +272,24 @@ def test_last_item_when_a_contact_comes_online(server: ServerProcess) -> None:
     run(scenario())
 
 
+def test_last_item_when_a_subscription_starts(server: ServerProcess) -> None:
+    """Both online, not yet contacts: once alice shares presence with bob, he gets her device keys."""
+    alice, bob = new_users(server, "alice", "bob")
+
+    async def scenario() -> None:
+        a = await login(server, alice)
+        await publish(a, DEVICES, payload("keys", DEVICES), "current")
+        b = await login(server, bob, interests=(DEVICES,))
+        await befriend(a, b)
+        node, item = await next_event(b)
+        assert (node, item[0].text) == (DEVICES, "keys")
+        await publish(a, DEVICES, payload("keys2", DEVICES), "current")
+        assert (await next_event(b))[1][0].text == "keys2"   # the live event: the last item came once
+        await logout(a, b)
+
+    run(scenario())
+
+
 def test_retract_delete_and_purge_notify(server: ServerProcess) -> None:
     alice, bob = new_users(server, "alice", "bob")
 
@@ -298,6 +320,29 @@ def test_retract_delete_and_purge_notify(server: ServerProcess) -> None:
     run(scenario())
 
 
+def test_events_wait_while_the_phone_is_inactive(server: ServerProcess) -> None:
+    """XEP-0352: PEP events are not urgent; an inactive client gets them when it is active again."""
+    alice, bob = new_users(server, "alice", "bob")
+
+    async def scenario() -> None:
+        # alice without caps: slixmpp would otherwise ask her client for its features (disco#info,
+        # whose answer is urgent and flushes what the server holds for bob)
+        a = Client(server, alice, plugins=("xep_0030", "xep_0199"))
+        await a.login()
+        b = await login(server, bob, interests=(DEVICES,))
+        await befriend(a, b)
+        b.send_raw("<inactive xmlns='urn:xmpp:csi:0'/>")
+        await b.plugin["xep_0199"].ping(timeout=5)   # the server has read <inactive/>
+        await publish(a, DEVICES, payload("held", DEVICES), "current")
+        await asyncio.sleep(QUIET)
+        assert b.events.empty()
+        b.send_raw("<active xmlns='urn:xmpp:csi:0'/>")
+        assert (await next_event(b))[1][0].text == "held"
+        await logout(a, b)
+
+    run(scenario())
+
+
 # ---- storage -----------------------------------------------------------------------------------------
 
 def test_nodes_persist_across_a_restart_and_go_with_the_account(fresh_server: ServerProcess) -> None:
@@ -323,6 +368,14 @@ def test_nodes_persist_across_a_restart_and_go_with_the_account(fresh_server: Se
     fresh_server.stop()
     fresh_server.start()
     run(after())
-    with closing(sqlite3.connect(fresh_server.data / "appliance.sqlite3")) as conn:
-        assert conn.execute("SELECT count(*) FROM pep_nodes").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM pep_items").fetchone()[0] == 0
+    assert stored_rows(fresh_server, "pep_nodes") == stored_rows(fresh_server, "pep_items") == 0
+
+
+def stored_rows(server: ServerProcess, table: str, timeout: float = 5.0) -> int:
+    """Rows left in `table`, waiting up to `timeout` for them to go (XEP-0077 answers first, then
+    the account is deleted)."""
+    deadline = time.monotonic() + timeout
+    with closing(sqlite3.connect(server.data / "appliance.sqlite3")) as conn:
+        while (rows := conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return rows

@@ -53,23 +53,26 @@ class Service:
         self.limits = server.config.pep
 
     async def pubsub(self, routed: Routed) -> bool:
+        if routed.type not in ("get", "set"):
+            return False   # results and errors (e.g. an app server's answer) are not requests
         request = _only_child(routed.payload)
         name = etree.QName(request).localname
-        if routed.type == "get" and name == "items":
+        if (name, routed.type) == ("items", "get"):
             return await self._answer(routed, self._items(routed, request))
-        if routed.type != "set":
-            raise StanzaError("bad-request", f"a pubsub <{name}/> is not a {routed.type}")
-        if routed.target is not Target.ACCOUNT:
-            raise StanzaError("forbidden", "only the account itself may change its PEP nodes")
-        if name == "publish":
-            return await self._answer(routed, await self._publish(routed, request))
-        if name == "retract":
+        if routed.type == "set" and name in ("publish", "retract"):
+            if routed.target is not Target.ACCOUNT:
+                raise StanzaError("forbidden", "only the account itself may change its PEP nodes")
+            if name == "publish":
+                return await self._answer(routed, await self._publish(routed, request))
             await self._retract(routed, request)
             return await self._answer(routed, None)
         raise pubsub_error("feature-not-implemented", "unsupported",
-                           f"PEP does not support <{name}/>; subscriptions come from presence and +notify")
+                           f"PEP does not support <{name}/> ({routed.type}); subscriptions come from"
+                           " presence and +notify")
 
     async def owner(self, routed: Routed) -> bool:
+        if routed.type not in ("get", "set"):
+            return False
         request = _only_child(routed.payload)
         name, node = etree.QName(request).localname, _node(request)
         username = routed.to_bare.local

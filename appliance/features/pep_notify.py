@@ -40,6 +40,7 @@ log = logging.getLogger("appliance.pep")
 EVENT = "http://jabber.org/protocol/pubsub#event"
 ERRORS = "http://jabber.org/protocol/pubsub#errors"
 STATE = "pep"              # session.state key: the nodes this resource wants events for
+PRIMED = "pep-primed"      # session.state key: accounts whose last items this resource has had
 MAX_QUERIES = 1000         # caps queries awaiting an answer; the oldest is forgotten beyond this
 
 
@@ -83,6 +84,8 @@ def item_element(namespace: str, item: Item) -> Element:
 def setup(server: Server, notifier: "Notifier") -> None:
     server.hook("presence", CAPS, notifier.presence, targets=frozenset({Target.ACCOUNT}), priority=20)
     server.hook("iq", ANY, notifier.caps_answer, targets=frozenset({Target.SERVER}), priority=900)
+    server.hook("presence", ANY, notifier.contact_presence, targets=frozenset({Target.BARE, Target.FULL}),
+                priority=20)
 
 
 @dataclass
@@ -196,17 +199,39 @@ class Notifier:
         if wanted and not session.closed:
             self.send_last(session, wanted)
 
-    def send_last(self, session: Session, nodes: frozenset[str]) -> None:
-        """XEP-0163 §6.2: the newest item of each wanted node of the user's own account and of
-        every local contact the user sees presence of, as that node's access model allows."""
+    def send_last(self, session: Session, nodes: frozenset[str], owners: list[JID] | None = None) -> None:
+        """XEP-0163 §6.2: the newest item of each wanted node of `owners` (by default the user's
+        own account and every local contact the user sees presence of), as access allows."""
         user = session.jid.bare
-        _, items = self.server.db.read(roster.get_roster, user.local)
-        owners = [user] + [jid for item in items if item.subscription in SEES_PRESENCE
-                           and (jid := JID.parse(item.contact)).domain == self.server.domain and jid.local]
+        if owners is None:
+            _, items = self.server.db.read(roster.get_roster, user.local)
+            owners = [user] + [jid for item in items if item.subscription in SEES_PRESENCE
+                               and (jid := JID.parse(item.contact)).domain == self.server.domain and jid.local]
+        primed = session.state.setdefault(PRIMED, set())
         for owner in owners:
+            primed.add(owner)
             for node, (config, item) in self.server.db.read(store.last_items, owner.local).items():
                 if node in nodes and allowed(self.server, owner, user, config) is None:
                     self.server.deliver(session, event_message(owner, session.jid, node, item_element(EVENT, item)))
+
+    async def contact_presence(self, routed: Routed) -> bool:
+        """A local contact's available presence reaching the user (observes only): a contact that
+        just started sharing presence (a new subscription) has not been covered by the user's
+        last-item delivery yet, so its last items go now, once per session."""
+        owner = routed.from_.bare
+        if routed.type is not None or owner.domain != self.server.domain or owner == routed.to_bare:
+            return False
+        if routed.target is Target.FULL:
+            assert routed.to is not None
+            found = self.server.sessions.get(routed.to)
+            sessions = [found] if found is not None else []
+        else:
+            sessions = self.server.sessions.available(routed.to_bare)
+        for session in sessions:
+            nodes = session.state.get(STATE)
+            if nodes and owner not in session.state.get(PRIMED, ()):
+                self.send_last(session, nodes, [owner])
+        return False
 
 
 def event_message(owner: JID, to: JID, node: str, child: Element) -> Element:
