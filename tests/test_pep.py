@@ -21,6 +21,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
 from tests.harness import ServerProcess
+from tests.raw import RawClient
 from tests.slix import Client, run
 from tests.test_rfc6121 import befriend
 
@@ -341,6 +342,26 @@ def test_events_wait_while_the_phone_is_inactive(server: ServerProcess) -> None:
         await logout(a, b)
 
     run(scenario())
+
+
+def test_caps_asked_again_when_the_resource_asked_leaves(server: ServerProcess) -> None:
+    """One disco#info query per unknown ver; a resource that leaves without answering does not
+    leave later ones with that ver waiting for ever: the next one is asked."""
+    mute_user, other_user = new_users(server, "mute", "other")
+    number = next(_numbers)
+    caps = (f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test:caps'"
+            f" ver='unknown{number}='/></presence>")
+    mute = RawClient(server).open()
+    mute.login(mute_user.split("@")[0])
+    mute.send(caps)
+    assert f"urn:test:caps#unknown{number}=".encode() in mute.read_until(b"</iq>")
+    mute.close()                                     # gone without answering
+    other = RawClient(server).open()
+    other.login(other_user.split("@")[0])
+    other.send(caps)
+    asked = other.read_until(b"</iq>")
+    assert b"disco#info" in asked and f"unknown{number}=".encode() in asked
+    other.close()
 
 
 # ---- storage -----------------------------------------------------------------------------------------

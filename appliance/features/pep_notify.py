@@ -18,8 +18,9 @@ import copy
 import logging
 import secrets
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import trio
 from lxml import etree
 
 from appliance.core.router import ANY, Routed, Target
@@ -42,6 +43,8 @@ ERRORS = "http://jabber.org/protocol/pubsub#errors"
 STATE = "pep"              # session.state key: the nodes this resource wants events for
 PRIMED = "pep-primed"      # session.state key: accounts whose last items this resource has had
 MAX_QUERIES = 1000         # caps queries awaiting an answer; the oldest is forgotten beyond this
+QUERY_PREFIX = "pep-caps-"  # ids of our caps queries
+QUERY_TIMEOUT = 30.0       # seconds a caps query is waited for before another resource is asked
 
 
 class PubsubError(StanzaError):
@@ -95,6 +98,7 @@ class _Query:
     hash_name: str | None
     node: str                  # the caps node (the query went to node#ver)
     sessions: list[Session]    # the first is the one asked
+    sent: float = field(default_factory=trio.current_time)
 
 
 class Notifier:
@@ -147,14 +151,23 @@ class Notifier:
         known = self.caps.get(ver)
         if known is not None:
             self.interested(session, known, resend=first)
-        elif ver in self.asked:
-            self.queries[self.asked[ver]].sessions.append(session)
+        elif (pending := self.queries.get(self.asked.get(ver, ""))) is not None and self._alive(pending):
+            pending.sessions.append(session)
         else:
-            self._ask(ver, c.get("hash"), node, [session])
+            waiting = [s for s in pending.sessions if not s.closed] if pending is not None else []
+            if pending is not None:
+                self._forget(self.asked[ver])
+            self._ask(ver, c.get("hash"), node, [session, *waiting])
         return False
 
+    @staticmethod
+    def _alive(query: _Query) -> bool:
+        """Still worth waiting for: the resource asked is there and has had less than QUERY_TIMEOUT
+        (otherwise the next resource with that `ver` is asked instead)."""
+        return not query.sessions[0].closed and trio.current_time() - query.sent < QUERY_TIMEOUT
+
     def _ask(self, ver: str, hash_name: str | None, node: str, sessions: list[Session]) -> None:
-        query_id = f"pep-caps-{secrets.token_hex(6)}"
+        query_id = f"{QUERY_PREFIX}{secrets.token_hex(6)}"
         self.queries[query_id] = _Query(ver, hash_name, node, sessions)
         self.asked[ver] = query_id
         while len(self.queries) > MAX_QUERIES:  # a client that never answers must not grow this
@@ -171,20 +184,23 @@ class Notifier:
 
     async def caps_answer(self, routed: Routed) -> bool:
         """A client's answer to our disco#info query (consumed here, never routed on)."""
-        if routed.type not in ("result", "error") or (routed.el.get("id") or "") not in self.queries:
+        query_id = routed.el.get("id") or ""
+        if routed.type not in ("result", "error") or not query_id.startswith(QUERY_PREFIX):
             return False
-        asked = self.queries[routed.el.get("id") or ""]
+        asked = self.queries.get(query_id)
+        if asked is None:
+            return True   # a late answer to a query given up on: ours, and nothing more to do
         if routed.from_ != asked.sessions[0].jid:
-            return False   # someone else's answer with our id: not ours to take
-        self._forget(routed.el.get("id") or "")
-        query = routed.el.find(f"{{{ns.DISCO_INFO}}}query")
-        nodes = notify_nodes(query) if routed.type == "result" and query is not None else frozenset()
+            return True    # someone else's answer with our id: dropped
+        self._forget(query_id)
+        query = routed.el.find(f"{{{ns.DISCO_INFO}}}query") if routed.type == "result" else None
+        nodes = notify_nodes(query) if query is not None else frozenset()
         if query is not None and verified(query, asked.hash_name, asked.ver):
             self.caps.put(asked.ver, nodes)
             for session in asked.sessions:
                 self.interested(session, nodes, resend=True)
             return True
-        log.info("%s answered caps %s with features that do not hash to it; used for it alone",
+        log.info("%s answered caps %s with an error or features that do not hash to it; used for it alone",
                  routed.from_, asked.ver)
         self.interested(asked.sessions[0], nodes, resend=True)
         if others := [s for s in asked.sessions[1:] if not s.closed]:
