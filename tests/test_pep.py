@@ -169,6 +169,9 @@ def test_publish_retrieve_and_access_models(server: ServerProcess) -> None:
             seen_by[who] = {node for _, node, _ in disco["disco_items"]["items"]}
         assert seen_by["alice"] == {"urn:test:presence", "urn:test:open", "urn:test:private"}
         assert seen_by["bob"] == {"urn:test:presence", "urn:test:open"}
+        with pytest.raises(IqError) as caught:
+            await c.plugin["xep_0030"].get_items(jid=alice, timeout=5)
+        assert caught.value.iq["error"]["condition"] == "service-unavailable"   # strangers: nothing
         await logout(a, b, c)
 
     run(scenario())

@@ -93,10 +93,10 @@ class Service:
             await self.server.db.write(store.configure_node, username, node, new)
         elif name == "delete":
             await self.server.db.write(store.delete_node, username, node)
-            await self.notifier.node_event(routed.to_bare, node, config, "delete")
+            self.notifier.node_event(routed.to_bare, node, config, "delete")
         elif name == "purge":
             await self.server.db.write(store.purge, username, node)
-            await self.notifier.node_event(routed.to_bare, node, config, "purge")
+            self.notifier.node_event(routed.to_bare, node, config, "purge")
         else:
             raise pubsub_error("feature-not-implemented", "unsupported", f"PEP does not support <{name}/>")
         return await self._answer(routed, None)
@@ -106,6 +106,8 @@ class Service:
         if routed.type != "get" or routed.payload.get("node"):  # type: ignore[union-attr]
             return False
         owner = routed.to_bare
+        if allowed(self.server, owner, routed.from_.bare, NodeConfig("presence")) is not None:
+            return False   # a stranger: features/disco.py keeps the account undiscoverable
         query = etree.Element(f"{{{ns.DISCO_ITEMS}}}query", nsmap={None: ns.DISCO_ITEMS})
         for node, config in self.server.db.read(store.list_nodes, owner.local):
             if allowed(self.server, owner, routed.from_.bare, config) is None:
@@ -157,7 +159,7 @@ class Service:
                               " PEP nodes")
         item_id = (item.get("id") if item is not None else None) or uuid.uuid4().hex
         await self.server.db.write(store.publish, username, node, item_id, data, config, existing is None)
-        await self.notifier.published(routed.to_bare, node, config, store.Item(item_id, data, 0.0))
+        self.notifier.published(routed.to_bare, node, config, store.Item(item_id, data, 0.0))
         pubsub = etree.Element(f"{{{PUBSUB}}}pubsub", nsmap={None: PUBSUB})
         sub(sub(pubsub, f"{{{PUBSUB}}}publish", node=node), f"{{{PUBSUB}}}item", id=item_id)
         return pubsub
@@ -174,7 +176,7 @@ class Service:
         for item_id in ids:
             if not await self.server.db.write(store.retract, username, node, item_id):
                 raise StanzaError("item-not-found", f"no item {item_id} in {node}")
-            await self.notifier.retracted(routed.to_bare, node, config, item_id)
+            self.notifier.retracted(routed.to_bare, node, config, item_id)
 
     def _options(self, x: Element | None, base: NodeConfig, form_type: str) -> NodeConfig:
         """A node configuration from a publish-options or node_config form, starting from `base`

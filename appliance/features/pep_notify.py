@@ -110,13 +110,13 @@ class Notifier:
 
     # ---- events ---------------------------------------------------------------------------------
 
-    async def published(self, owner: JID, node: str, config: NodeConfig, item: Item) -> None:
+    def published(self, owner: JID, node: str, config: NodeConfig, item: Item) -> None:
         self._send(owner, node, config, item_element(EVENT, item))
 
-    async def retracted(self, owner: JID, node: str, config: NodeConfig, item_id: str) -> None:
+    def retracted(self, owner: JID, node: str, config: NodeConfig, item_id: str) -> None:
         self._send(owner, node, config, etree.Element(f"{{{EVENT}}}retract", nsmap={None: EVENT}, id=item_id))
 
-    async def node_event(self, owner: JID, node: str, config: NodeConfig, what: str) -> None:
+    def node_event(self, owner: JID, node: str, config: NodeConfig, what: str) -> None:
         """XEP-0060 §8.4.3 / §8.5.3: a node deleted or purged (`what`: 'delete' or 'purge')."""
         for session in self.recipients(owner, node, config):
             message = make("message", to=session.jid, from_=owner, type_="headline", id_=secrets.token_hex(6))
@@ -152,12 +152,13 @@ class Notifier:
         if known is not None:
             self.interested(session, known, resend=first)
         elif (pending := self.queries.get(self.asked.get(ver, ""))) is not None and self._alive(pending):
-            pending.sessions.append(session)
+            if session not in pending.sessions:
+                pending.sessions.append(session)
         else:
             waiting = [s for s in pending.sessions if not s.closed] if pending is not None else []
             if pending is not None:
                 self._forget(self.asked[ver])
-            self._ask(ver, c.get("hash"), node, [session, *waiting])
+            self._ask(ver, c.get("hash"), node, list(dict.fromkeys([session, *waiting])))
         return False
 
     @staticmethod
