@@ -9,6 +9,7 @@ get is published, and it has to be the first to arrive.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import sqlite3
 import time
@@ -253,6 +254,32 @@ def test_notifications_follow_notify_interest(server: ServerProcess) -> None:
         assert (await next_event(c))[1][0].text == "carol's own"
         await logout(a, a2, b, d, c)
         assert "do not hash" not in server.log_text()   # slixmpp's caps verified (XEP-0115 §5)
+
+    run(scenario())
+
+
+def test_avatar_with_slixmpp_xep_0084(server: ServerProcess) -> None:
+    """XEP-0084 as clients do it: data and metadata nodes, the metadata event, then the data by id."""
+    alice, bob = new_users(server, "alice", "bob")
+
+    async def scenario() -> None:
+        a = Client(server, f"{alice}/phone", plugins=BASE_PLUGINS + ("xep_0084",))
+        b = Client(server, f"{bob}/phone", plugins=BASE_PLUGINS + ("xep_0084",))
+        metadata = asyncio.Queue()
+        b.add_event_handler("avatar_metadata_publish", metadata.put_nowait)
+        await asyncio.gather(a.login(), b.login())
+        await befriend(a, b)
+        image = bytes(range(256)) * 4
+        avatar_id = a.plugin["xep_0084"].generate_id(image)
+        await a.plugin["xep_0084"].publish_avatar(image, timeout=5)
+        await a.plugin["xep_0084"].publish_avatar_metadata(
+            {"id": avatar_id, "type": "image/png", "bytes": len(image)}, timeout=5)
+        event = await asyncio.wait_for(metadata.get(), 10)
+        assert event["pubsub_event"]["items"]["item"]["id"] == avatar_id
+        fetched = await b.plugin["xep_0084"].retrieve_avatar(alice, avatar_id, timeout=5)
+        assert fetched["pubsub"]["items"]["item"]["payload"].text.strip() \
+            == base64.b64encode(image).decode()
+        await logout(a, b)
 
     run(scenario())
 
