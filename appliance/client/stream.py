@@ -28,6 +28,7 @@ __all__ = ["Account", "AuthRefused", "ClientStream", "LinkLost", "PinMismatch", 
 
 _STANZAS = frozenset(f"{{{ns.CLIENT}}}{kind}" for kind in ("message", "presence", "iq"))
 _CLOSE_GRACE = 2.0  # seconds to write </stream:stream> before the socket is closed anyway
+_REPLY_LIMIT = 30.0  # seconds an answer to the server may take to write, whatever is cancelled
 
 
 async def connect(account: Account, *, resume: SmState | None = None, timeout: float = 30,
@@ -148,19 +149,26 @@ class ClientStream:
             self._answers[key] = element
         elif element.tag == f"{{{ns.CLIENT}}}iq" and element.find(f"{{{ns.PING}}}ping") is not None:
             self._heard += 1
-            await self._link.send(to_stream(iq_result(element)))
+            await self._reply(to_stream(iq_result(element)))
         else:
             self.queue.append(element)
 
     async def _sm_element(self, element: Element) -> None:
         name = etree.QName(element).localname
         if name == "r" and self.counting:
-            await self._link.send(f"<a xmlns='{ns.SM}' h='{self.sm.inbound}'/>".encode())
+            await self._reply(f"<a xmlns='{ns.SM}' h='{self.sm.inbound}'/>".encode())
         elif name == "a" and self.counting:
             h = element.get("h", "")
             if h.isdigit():
                 self.sm.acknowledge(int(h))
             self._heard += 1
+
+    async def _reply(self, data: bytes) -> None:
+        """Answers to the server (<a/>, pongs) are written whole even when the task reading for
+        everyone is cancelled meanwhile (an iq() timing out): a TLS write cut short breaks the
+        connection for every task. A link too slow to take a few bytes in time is lost anyway."""
+        with trio.CancelScope(shield=True), trio.move_on_after(_REPLY_LIMIT):
+            await self._link.send(data)
 
     # ---- liveness and closing -------------------------------------------------------------------
 
