@@ -164,3 +164,43 @@ async def test_not_authorized_clears_the_password_and_stops(server: ServerProces
     assert len(client.runner.attempts) == attempts == 2
     assert server.log_text().count(failures) == 1
     assert client.runner.status == Status.NEEDS_PAIRING
+
+
+async def test_the_outbox_survives_a_restart_of_the_client(server: ServerProcess, tmp_path: Path,
+                                                           nursery: trio.Nursery) -> None:
+    """Queued by a client that never got online (and was then closed), sent by the next one."""
+    server.add_user("fay")
+    gus = server.add_user("gus")
+    first = Watched(server, tmp_path / "fay", "fay")
+    await first.runner.send_message(gus, "written before a restart")
+    first.state.close()
+    other = await login(server, "gus")
+    again = Watched(server, tmp_path / "fay", "fay")
+    nursery.start_soon(again.runner.run)
+    assert (await next_message(other)).findtext(f"{{{ns.CLIENT}}}body") == "written before a restart"
+    await until(lambda: again.runner.outbox.pending() == [])
+    with trio.move_on_after(1):
+        extra = await next_message(other, timeout=5)
+        pytest.fail(f"sent twice: {etree.tostring(extra)!r}")
+    await other.aclose()
+
+
+async def test_a_message_sent_again_is_shown_once(server: ServerProcess, tmp_path: Path,
+                                                  nursery: trio.Nursery) -> None:
+    """A sender whose session could not be resumed sends again what was never acknowledged, which
+    may have arrived: the same id from the same sender counts once."""
+    hal = server.add_user("hal")
+    server.add_user("ida")
+    client = Watched(server, tmp_path / "hal", "hal")
+    nursery.start_soon(client.runner.run)
+    await client.until(Status.ONLINE)
+    other = await login(server, "ida")
+    for body, stanza_id in (("once", "m1"), ("once", "m1"), ("again, new id", "m2")):
+        message = chat(hal, body)
+        message.set("id", stanza_id)
+        await other.send(message)
+    await until(lambda: len(client.bodies()) >= 2)
+    await trio.sleep(0.5)
+    assert client.bodies() == ["once", "again, new id"]
+    assert [m.body for m in client.state.history(f"ida@{server.domain}")] == ["once", "again, new id"]
+    await other.aclose()

@@ -114,7 +114,7 @@ class ClientRunner:
                 except (LinkLost, OSError, trio.TooSlowError) as exc:
                     reason = _reason(exc)
                 else:
-                    reason = await self._online(stream)
+                    reason = await self._online(stream, had_session=sm is not None)
                     sm = stream.sm if stream.sm.id else None
                 delay = self.backoff.next_delay(self.rng)
                 self._set(Status.WAITING, delay=delay, reason=reason)
@@ -123,11 +123,11 @@ class ClientRunner:
             if self.status != Status.NEEDS_PAIRING:
                 self._set(Status.STOPPED)
 
-    async def _online(self, stream: ClientStream) -> str:
+    async def _online(self, stream: ClientStream, *, had_session: bool) -> str:
         """Run the three activities until the link is lost; returns why it was."""
         self.stream = stream
         self.backoff.connected(trio.current_time())
-        self._take_over(stream)
+        self._take_over(stream, had_session)
         self._set(Status.ONLINE, resumed=stream.resumed)
         reason = "the connection ended"
         try:
@@ -141,6 +141,8 @@ class ClientRunner:
             reason = _reason(group.exceptions[0])
         finally:
             self.stream = None
+            if stream.counting:   # acknowledgements that came in since the last check
+                self._settle(stream)
             self.state.save_sm(stream.sm if stream.sm.id else None)  # a restarted client resumes
             with trio.CancelScope(shield=True):
                 await stream.abort()  # not </stream>: the server keeps the session to resume
@@ -155,11 +157,20 @@ class ClientRunner:
             body = stanza.findtext(f"{{{ns.CLIENT}}}body")
             if etree.QName(stanza).localname == "message" and body is not None:
                 peer = stanza.get("from", stream.domain).partition("/")[0]
+                if self._seen(peer, stanza.get("id")):
+                    continue
                 self.state.add_message(peer, "in", body, time.time(), stanza.get("id"))
             if self.on_stanza is not None:
                 result = self.on_stanza(stanza)
                 if inspect.isawaitable(result):
                     await result
+
+    def _seen(self, peer: str, stanza_id: str | None) -> bool:
+        """Whether this message came before: a sender whose session could not be resumed sends
+        again what the server never acknowledged, which may have arrived (at least once delivery)."""
+        return stanza_id is not None and self.state.conn.execute(
+            "SELECT 1 FROM messages WHERE peer = ? AND direction = 'in' AND stanza_id = ?",
+            (peer, stanza_id)).fetchone() is not None
 
     async def _sender(self, stream: ClientStream) -> None:
         while True:
@@ -184,17 +195,15 @@ class ClientRunner:
 
     # ---- the outbox and XEP-0198 -----------------------------------------------------------------
 
-    def _take_over(self, stream: ClientStream) -> None:
-        """After a resumption the server has acknowledged part of what was in flight, and the
-        stream has sent the rest again; after a new login nothing is in flight (the sender sends
-        the whole outbox again)."""
-        if not stream.resumed:
-            self._in_flight = {}
-            return
-        unacked = set(stream.sm.outbound_unacked)
-        still = {item.id: item.wire() for item in self.outbox.pending() if item.wire() in unacked}
-        self.outbox.remove([i for i in self._in_flight if i not in still])
-        self._in_flight = still
+    def _take_over(self, stream: ClientStream, had_session: bool) -> None:
+        """What the server got of the previous session: on resuming (or failing to) it says how
+        much with h. Resumed, the stream has sent the rest again, which stays in flight; after a
+        new login nothing is, and the sender sends what is left of the outbox again."""
+        unacked = set(stream.sm.outbound_unacked if stream.resumed else stream.lost)
+        if had_session:
+            self.outbox.remove([i for i, wire in self._in_flight.items() if wire not in unacked])
+        pending = self.outbox.pending() if stream.resumed else []
+        self._in_flight = {item.id: item.wire() for item in pending if item.wire() in unacked}
 
     def _settle(self, stream: ClientStream) -> None:
         """Drop from the outbox what the server has acknowledged (or, without stream management,
