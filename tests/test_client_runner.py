@@ -15,6 +15,7 @@ from lxml import etree
 from appliance.client.backoff import Backoff
 from appliance.client.runner import ClientRunner, Status, StatusChange
 from appliance.client.state import ClientState
+from appliance.client.stream import AuthRefused, connect
 from appliance.proto import ns
 from appliance.proto.stanza import Element
 from tests.harness import ServerProcess
@@ -204,3 +205,23 @@ async def test_a_message_sent_again_is_shown_once(server: ServerProcess, tmp_pat
     assert client.bodies() == ["once", "again, new id"]
     assert [m.body for m in client.state.history(f"ida@{server.domain}")] == ["once", "again, new id"]
     await other.aclose()
+
+
+async def test_a_temporary_refusal_backs_off_and_retries(fresh_server: ServerProcess, tmp_path: Path,
+                                                         nursery: trio.Nursery) -> None:
+    """temporary-auth-failure (here: the server's login throttling after a wrong password) is not
+    the end: the runner backs off and logs in once the server lets it."""
+    fresh_server.settings = {"limits.login_failures_per_account": 1, "limits.login_failure_window": 3.0}
+    server = fresh_server.start()
+    server.add_user("jo")
+    with pytest.raises(AuthRefused) as wrong:
+        await connect(account(server, "jo", "a wrong password"), cafile=str(server.cert), timeout=10)
+    assert wrong.value.condition == "not-authorized"
+    client = Watched(server, tmp_path / "jo", "jo")
+    nursery.start_soon(client.runner.run)
+    refused = await client.until(Status.WAITING)
+    assert "temporary-auth-failure" in refused.reason
+    await client.until(Status.ONLINE, timeout=15)
+    assert client.state.load_account() is not None
+    assert len(client.runner.attempts) >= 2
+    assert Status.NEEDS_PAIRING not in {change.status for _, change in client.changes}
