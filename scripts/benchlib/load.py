@@ -233,6 +233,7 @@ class Meter:
         seconds = usage.seconds or 1e-9
         figures: dict[str, Any] = {
             "seconds": usage.seconds, "server_cpu_s": usage.cpu, "server_cpu_share": usage.cpu_share,
+            "server_system_cpu_s": usage.system_cpu,   # the kernel's part: sockets, disk, fsync
             "write_bytes": usage.write_bytes, "rss_bytes": usage.rss,
             "client_cpu_share": client_cpu / seconds,
             "other_cpu_share": max(0.0, others / seconds),   # the rest of the machine: disturbance

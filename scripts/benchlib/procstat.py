@@ -31,10 +31,12 @@ class Sample:
     cpu: float             # seconds, user + system
     rss: int               # bytes
     write_bytes: int       # bytes, cumulative
+    system_cpu: float = 0.0  # seconds, system (kernel) part of cpu
 
     def __sub__(self, earlier: Sample) -> Usage:
         return Usage(self.at - earlier.at, self.cpu - earlier.cpu, self.rss - earlier.rss,
-                     self.write_bytes - earlier.write_bytes, self.rss)
+                     self.write_bytes - earlier.write_bytes, self.rss,
+                     self.system_cpu - earlier.system_cpu)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Usage:
     rss_growth: int        # bytes (negative if it shrank)
     write_bytes: int
     rss: int               # at the end
+    system_cpu: float = 0.0  # CPU seconds spent in the kernel (included in cpu)
 
     @property
     def cpu_share(self) -> float:
@@ -59,7 +62,8 @@ def sample(pid: int) -> Sample:
     utime, stime = int(fields[11]), int(fields[12])   # fields 14 and 15 of proc(5)
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
-    return Sample(time.monotonic(), (utime + stime) / TICKS, rss_kb * 1024, _write_bytes(pid))
+    return Sample(time.monotonic(), (utime + stime) / TICKS, rss_kb * 1024, _write_bytes(pid),
+                  stime / TICKS)
 
 
 def _write_bytes(pid: int) -> int:
