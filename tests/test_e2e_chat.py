@@ -1,0 +1,134 @@
+"""Encrypted chat (appliance/client/secure.py) through the real server: two library clients
+exchange messages both ways (one while the receiver is offline), the contact paired through an
+invite carrying the inviter's key sees it verified, and afterwards nothing the server keeps (its
+SQLite files, WAL included, and its log) contains a plaintext while the archive holds the messages."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import trio
+
+from appliance.client.e2e_devices import with_invite_params
+from appliance.client.secure import Incoming, SecureClient, pair_with_keys
+from appliance.client.state import ClientState
+from tests.harness import ServerProcess
+from tests.test_client_pairing import invite
+from tests.test_client_stream import account
+
+
+class Device:
+    """A SecureClient with what it received recorded, run in a cancel scope of its own."""
+
+    def __init__(self, server: ServerProcess, data: Path) -> None:
+        self.server, self.data = server, data
+        self.received: list[Incoming] = []
+        self.key_changes: list[tuple[str, list[int]]] = []
+        self.client: SecureClient | None = None
+        self._scope: trio.CancelScope | None = None
+
+    async def start(self, nursery: trio.Nursery) -> SecureClient:
+        self.client = SecureClient(ClientState(self.data), on_message=self.received.append,
+                                   on_key_change=lambda jid, ids: self.key_changes.append((jid, ids)),
+                                   cafile=str(self.server.cert))
+        self._scope = trio.CancelScope()
+        nursery.start_soon(self._run, self._scope, self.client)
+        with trio.fail_after(15):
+            await self.client.wait_online()
+        return self.client
+
+    @staticmethod
+    async def _run(scope: trio.CancelScope, client: SecureClient) -> None:
+        with scope:
+            await client.run()
+        client.state.close()
+
+    async def stop(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+        await trio.sleep(0.2)
+
+    async def next(self, timeout: float = 10) -> Incoming:
+        seen = len(self.received)
+        with trio.fail_after(timeout):
+            while len(self.received) == seen:
+                await trio.sleep(0.05)
+        return self.received[seen]
+
+
+def marker() -> str:
+    return f"plaintext-{secrets.token_hex(16)}"
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Any:
+    proc = ServerProcess(tmp_path / "server", settings={"allow_registration": True}).start()
+    yield proc
+    if proc.proc is not None:
+        proc.stop()
+
+
+@pytest.fixture
+async def nursery() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_encrypted_chat_both_ways_leaves_no_plaintext_on_the_server(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    server = own_server
+    anna_jid = server.add_user("anna")
+    ClientState(tmp_path / "anna").save_account(account(server, "anna"))
+    anna_device = Device(server, tmp_path / "anna")
+    anna = await anna_device.start(nursery)
+
+    uri = with_invite_params(invite(server, "--contact", "anna"),
+                             {anna.device.device_id: anna.device.public_key})
+    bob_account = await pair_with_keys(uri, ClientState(tmp_path / "bob"), host=server.host,
+                                       port=server.port, username="bob", timeout=10)
+    bob_device = Device(server, tmp_path / "bob")
+    bob = await bob_device.start(nursery)
+
+    texts = [marker() for _ in range(3)]
+    await anna.send(bob_account.jid, texts[0])
+    got = await bob_device.next()
+    assert (got.peer, got.body, got.encrypted, got.problem) == (anna_jid, texts[0], True, None)
+    assert got.trust == "verified"            # the invite carried anna's fingerprint
+
+    await bob.send(anna_jid, texts[1])
+    got = await anna_device.next()
+    assert (got.peer, got.body, got.encrypted, got.trust, got.problem) == \
+        (bob_account.jid, texts[1], True, "tofu", None)
+
+    await bob_device.stop()                   # offline: the server stores the ciphertext
+    await anna.send(bob_account.jid, texts[2])
+    await trio.sleep(0.5)
+    bob_device = Device(server, tmp_path / "bob")
+    await bob_device.start(nursery)
+    got = await bob_device.next()
+    assert (got.body, got.encrypted, got.trust, got.problem) == (texts[2], True, "verified", None)
+
+    assert [m.body for m in anna.state.history(bob_account.jid)] == texts  # the user's own copy
+    await anna_device.stop()
+    await bob_device.stop()
+    server.stop()
+    _assert_server_has_no_plaintext(server, texts)
+
+
+def _assert_server_has_no_plaintext(server: ServerProcess, texts: list[str]) -> None:
+    """Every file the stopped server left (database, WAL, log, ...) is free of the plaintexts."""
+    files = [p for p in server.data.rglob("*") if p.is_file()]
+    assert server.log_path in files
+    for path in files:
+        data = path.read_bytes()
+        for text in texts:
+            assert text.encode() not in data, f"{text} found in {path}"
+    [database] = server.data.rglob("appliance.sqlite3")
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("SELECT count(*) FROM archive").fetchone()[0]
+    assert rows >= 2 * len(texts)             # each message in the sender's and the receiver's archive
