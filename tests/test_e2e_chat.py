@@ -5,19 +5,26 @@ SQLite files, WAL included, and its log) contains a plaintext while the archive 
 
 from __future__ import annotations
 
+import base64
 import secrets
 import sqlite3
+import time
+from copy import deepcopy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 import trio
 
+from appliance.client import e2e
 from appliance.client.e2e_devices import with_invite_params
 from appliance.client.secure import Incoming, SecureClient, pair_with_keys
 from appliance.client.state import ClientState
+from appliance.client.stream import connect
 from tests.harness import ServerProcess
 from tests.test_client_pairing import invite
+from appliance.proto.stanza import Element
 from tests.test_client_stream import account
 
 
@@ -27,6 +34,7 @@ class Device:
     def __init__(self, server: ServerProcess, data: Path) -> None:
         self.server, self.data = server, data
         self.received: list[Incoming] = []
+        self.read = 0
         self.key_changes: list[tuple[str, list[int]]] = []
         self.client: SecureClient | None = None
         self._scope: trio.CancelScope | None = None
@@ -53,11 +61,12 @@ class Device:
         await trio.sleep(0.2)
 
     async def next(self, timeout: float = 10) -> Incoming:
-        seen = len(self.received)
+        """The first message not returned by next() before."""
         with trio.fail_after(timeout):
-            while len(self.received) == seen:
+            while len(self.received) <= self.read:
                 await trio.sleep(0.05)
-        return self.received[seen]
+        self.read += 1
+        return self.received[self.read - 1]
 
 
 def marker() -> str:
@@ -132,3 +141,61 @@ def _assert_server_has_no_plaintext(server: ServerProcess, texts: list[str]) -> 
     with sqlite3.connect(database) as conn:
         rows = conn.execute("SELECT count(*) FROM archive").fetchone()[0]
     assert rows >= 2 * len(texts)             # each message in the sender's and the receiver's archive
+
+
+async def contacts(server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> tuple[Device, Device, str]:
+    """anna (an existing account) and bob (paired through anna's contact invite), both online."""
+    server.add_user("anna")
+    ClientState(tmp_path / "anna").save_account(account(server, "anna"))
+    anna = Device(server, tmp_path / "anna")
+    await anna.start(nursery)
+    bob = await pair_with_keys(invite(server, "--contact", "anna"), ClientState(tmp_path / "bob"),
+                               host=server.host, port=server.port, username="bob", timeout=10)
+    bob_device = Device(server, tmp_path / "bob")
+    await bob_device.start(nursery)
+    return anna, bob_device, bob.jid
+
+
+def sealed(sender: SecureClient, to: str, body: str, stanza_id: str) -> Element:
+    """A message from `sender`'s device as SecureClient.send would make it."""
+    encrypted = e2e.encrypt(body, sender=sender.device, recipients=sender.keys.devices_of(to),
+                            from_jid=sender.jid, to_jid=to, now=time.time())
+    return e2e.build_message(encrypted, to=to, id_=stanza_id)
+
+
+def flip_payload_byte(message: Element) -> None:
+    payload = message.find(f"{{{e2e.NS}}}encrypted/{{{e2e.NS}}}payload")
+    data = bytearray(base64.b64decode(payload.text))
+    data[30] ^= 0x01
+    payload.text = base64.b64encode(bytes(data)).decode()
+
+
+async def test_tampered_and_replayed_messages_are_reported_not_shown(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    anna_device, bob, bob_jid = await contacts(own_server, tmp_path, nursery)
+    anna = anna_device.client
+    assert anna is not None
+    await anna.send(bob_jid, "hello")          # anna now knows bob's keys
+    assert (await bob.next()).body == "hello"
+
+    # another session of anna's account sends copies
+    raw = await connect(replace(account(own_server, "anna"), resource="raw"), cafile=str(own_server.cert))
+    secret = marker()
+    tampered = sealed(anna, bob_jid, secret, "t1")
+    flip_payload_byte(tampered)
+    await raw.send(tampered)
+    got = await bob.next()
+    assert (got.problem, got.encrypted, got.trust) == ("tampered", True, None)
+    assert secret not in got.body
+
+    good = sealed(anna, bob_jid, "the real one", "g1")
+    await raw.send(deepcopy(good))
+    assert ((await bob.next()).body, bob.received[-1].problem) == ("the real one", None)
+    good.set("id", "g2")                       # same ciphertext, a new stanza id
+    await raw.send(good)
+    got = await bob.next()
+    assert (got.problem, got.encrypted) == ("replayed", True) and "the real one" not in got.body
+
+    await anna.send(bob_jid, "still fine")
+    assert ((await bob.next()).body, bob.received[-1].problem) == ("still fine", None)
+    await raw.aclose()

@@ -235,14 +235,12 @@ class SecureClient:
         try:
             try:
                 opened = self._open(stanza, peer)
-            except UnknownDevice:
-                await self._refresh(peer)
+            except (UnknownDevice, Tampered):  # maybe a key we do not know yet: fetch, try again
+                await self._refresh(peer)      # (a changed key is reported to on_key_change here)
                 opened = self._open(stanza, peer)
         except E2EError as exc:
             problem = _PROBLEMS.get(type(exc), "tampered")
             log.warning("could not open an encrypted message from %s (%s): %s", peer, problem, exc)
-            if isinstance(exc, KeyChanged) and self.on_key_change is not None:
-                self.on_key_change(exc.jid, exc.device_ids)
             return Incoming(peer, f"This message could not be opened: {exc}", True, None, stamp, problem)
         except (LinkLost, StanzaRefused, trio.TooSlowError, BadDeviceList) as exc:
             log.warning("could not fetch the keys of %s: %s", peer, exc)
