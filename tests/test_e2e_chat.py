@@ -14,18 +14,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import nacl.public
 import pytest
 import trio
 
 from appliance.client import e2e
+from appliance.client.e2e import KeyChanged
 from appliance.client.e2e_devices import with_invite_params
+from appliance.client.keys import KeyStore
 from appliance.client.secure import Incoming, SecureClient, pair_with_keys
 from appliance.client.state import ClientState
 from appliance.client.stream import connect
 from tests.harness import ServerProcess
 from tests.test_client_pairing import invite
-from appliance.proto.stanza import Element
-from tests.test_client_stream import account
+from appliance.proto import ns
+from appliance.proto.stanza import Element, make, serialize
+from tests.test_client_stream import account, chat, next_message
 
 
 class Device:
@@ -199,3 +203,64 @@ async def test_tampered_and_replayed_messages_are_reported_not_shown(
     await anna.send(bob_jid, "still fine")
     assert ((await bob.next()).body, bob.received[-1].problem) == ("still fine", None)
     await raw.aclose()
+
+
+async def test_a_replaced_device_key_is_loud_until_accepted(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    anna, bob, bob_jid = await contacts(own_server, tmp_path, nursery)
+    assert anna.client is not None and bob.client is not None
+    anna_jid, device_id = anna.client.jid, anna.client.device.device_id
+    await anna.client.send(bob_jid, "before")
+    assert (await bob.next()).body == "before"
+    await anna.stop()
+
+    # the same account and device id with another key (a reinstalled device, or an attacker's)
+    state = ClientState(tmp_path / "anna2")
+    state.save_account(account(own_server, "anna"))
+    KeyStore(state.conn)
+    with state.conn:
+        state.conn.execute("INSERT INTO e2e_own_device VALUES (1, ?, ?, ?)",
+                           (device_id, bytes(nacl.public.PrivateKey.generate()), time.time()))
+    state.close()
+    anna2 = Device(own_server, tmp_path / "anna2")
+    await anna2.start(nursery)
+    assert anna2.client is not None
+    await anna2.client.send(bob_jid, "after")
+    got = await bob.next()
+    assert (got.problem, got.encrypted) == ("key-changed", True) and "after" not in got.body
+    assert bob.key_changes == [(anna_jid, [device_id])]
+    with pytest.raises(KeyChanged):
+        await bob.client.send(anna_jid, "refused")
+
+    bob.client.accept_key_change(anna_jid, device_id)
+    await bob.client.send(anna_jid, "accepted")
+    got = await anna2.next()
+    assert (got.body, got.problem) == ("accepted", None)
+
+
+async def test_other_clients_get_the_fallback_and_plain_messages_stay_plain(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    anna, bob, bob_jid = await contacts(own_server, tmp_path, nursery)
+    assert anna.client is not None
+    await bob.stop()                     # bob's account on a client without the encryption
+    plain = await connect(account(own_server, "bob", bob_password(tmp_path)), cafile=str(own_server.cert))
+    await plain.send(make("presence"))
+    secret = marker()
+    await anna.client.send(bob_jid, secret)
+    got = await next_message(plain)
+    assert got.findtext(f"{{{ns.CLIENT}}}body") == e2e.FALLBACK_BODY
+    assert secret.encode() not in serialize(got)
+
+    await plain.send(chat(anna.client.jid, "no encryption here"))
+    got_plain = await anna.next()
+    assert (got_plain.body, got_plain.encrypted, got_plain.trust, got_plain.problem) == \
+        ("no encryption here", False, None, None)
+    await plain.aclose()
+
+
+def bob_password(tmp_path: Path) -> str:
+    state = ClientState(tmp_path / "bob")
+    stored = state.load_account()
+    state.close()
+    assert stored is not None
+    return stored.password
