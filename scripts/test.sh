@@ -9,6 +9,7 @@ need_debs=()
 command -v go-sendxmpp >/dev/null || need_debs+=(go-sendxmpp)
 command -v ip >/dev/null || need_debs+=(iproute2)   # tests/netem.py: network namespaces (root only)
 command -v zbarimg >/dev/null || need_debs+=(zbar-tools)        # QR codes decoded back to the invite URI
+command -v tmux >/dev/null || need_debs+=(tmux)                  # tests/test_chat_tmux.py drives `appliance chat` in it
 command -v chromium >/dev/null || need_debs+=(chromium)         # the invite page rendered headless
 command -v chromedriver >/dev/null || need_debs+=(chromium-driver)  # Selenium drives the admin page (never downloads a driver)
 command -v avahi-browse >/dev/null || need_debs+=(avahi-utils avahi-daemon dbus)  # a second mDNS browser

@@ -22,6 +22,6 @@ def load_config(args: argparse.Namespace) -> Config:
     return config_module.load(args.config, data_dir=args.data_dir, domain=args.domain)
 
 
-from appliance.commands import apikey, configcmd, discover, group, invite, notify, pair, routes, serve, user  # noqa: E402  (imported statically for PyInstaller)
+from appliance.commands import apikey, chat, configcmd, discover, group, invite, notify, pair, routes, serve, user  # noqa: E402  (imported statically for PyInstaller)
 
-COMMANDS = [serve, user, invite, group, apikey, notify, routes, configcmd, discover, pair]
+COMMANDS = [serve, user, invite, group, apikey, notify, routes, configcmd, discover, pair, chat]

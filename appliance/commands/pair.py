@@ -1,7 +1,8 @@
 """`appliance pair URI` / `appliance pair --qr FILE.png`: make this machine a chat client of an
 appliance through an invite (docs/client.md, "The terminal client").
 
-Pairs with appliance/client/pairing.py: the certificate is pinned to the invite's fingerprint, the
+Pairs with appliance/client/pairing.py (through secure.pair_with_keys, which also trusts the
+inviter's device keys a contact invite names): the certificate is pinned to the invite's fingerprint, the
 account (with a random password) is stored in the client's data directory, which `appliance chat`
 then uses. The host defaults to the invite's domain; `appliance discover` lists the appliances on
 the local network when that name does not resolve.
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import trio
 
-from appliance.client.pairing import PairingFailed, pair
+from appliance.client.pairing import PairingFailed
 from appliance.client.qr_image import NoQrCode, read_qr
+from appliance.client.secure import pair_with_keys
 from appliance.client.state import ClientState
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -74,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _pair(uri: str, data_dir: Path, args: argparse.Namespace):
-    return await pair(uri, ClientState(data_dir), host=args.host, port=args.port,
+    return await pair_with_keys(uri, ClientState(data_dir), host=args.host, port=args.port,
                       username=args.username, timeout=args.timeout)
