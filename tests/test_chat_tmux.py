@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.client.terminal import READY
+from appliance.client.terminal import NEEDS_PAIRING, READY
 from tests.harness import ServerProcess
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
@@ -135,3 +135,12 @@ def test_follow_prints_what_chat_send_sends_and_contacts_lists_keys(server: Serv
                               capture_output=True, text=True, timeout=90)
     assert contacts.returncode == 0, contacts.stderr
     assert contacts.stdout.startswith(f"erik@{server.domain} (both): device ") and " tofu " in contacts.stdout
+
+
+def test_refused_credentials_say_to_pair_again(server: ServerProcess, tmp_path: Path) -> None:
+    gus = tmp_path / "gus"
+    paired(server, gus, "gus")
+    assert server.cli("user", "del", "gus").returncode == 0
+    result = subprocess.run(appliance("chat", "send", f"anna@{server.domain}", "x", "--data-dir", str(gus)),
+                            capture_output=True, text=True, timeout=90)
+    assert (result.returncode, result.stderr) == (1, f"appliance chat: {NEEDS_PAIRING}\n")
