@@ -144,3 +144,22 @@ def test_refused_credentials_say_to_pair_again(server: ServerProcess, tmp_path: 
     result = subprocess.run(appliance("chat", "send", f"anna@{server.domain}", "x", "--data-dir", str(gus)),
                             capture_output=True, text=True, timeout=90)
     assert (result.returncode, result.stderr) == (1, f"appliance chat: {NEEDS_PAIRING}\n")
+
+
+def test_chat_invite_pairs_a_verified_contact(server: ServerProcess, tmp_path: Path) -> None:
+    hana, ivo = tmp_path / "hana", tmp_path / "ivo"
+    paired(server, hana, "hana")
+    made = subprocess.run(appliance("chat", "invite", "--data-dir", str(hana)), capture_output=True,
+                          text=True, timeout=90)
+    assert made.returncode == 0, made.stderr
+    uri = made.stdout.splitlines()[0]
+    assert uri.startswith(f"xmpp:hana@{server.domain}?roster;") and ";e2e-sid-" in uri
+    assert "█" in made.stdout or "▀" in made.stdout  # the terminal QR code
+    result = subprocess.run(appliance("pair", uri, "--data-dir", str(ivo), "--host", server.host, "--port",
+                                      str(server.port), "--username", "ivo"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    contacts = subprocess.run(appliance("chat", "contacts", "--data-dir", str(ivo)),
+                              capture_output=True, text=True, timeout=90)
+    assert contacts.returncode == 0, contacts.stderr
+    assert contacts.stdout.startswith(f"hana@{server.domain} (both): device ") and " verified " in contacts.stdout

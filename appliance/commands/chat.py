@@ -15,8 +15,9 @@ import trio
 
 from appliance.client.interactive import interact
 from appliance.client.state import ClientState
-from appliance.client.terminal import ChatFailed, Printer, running, send_acknowledged
+from appliance.client.terminal import ChatFailed, Printer, contact_invite, running, send_acknowledged
 from appliance.commands.pair import data_dir_option, default_data_dir
+from appliance.pairing import qr
 
 OK, FAILED = 0, 1
 
@@ -33,11 +34,13 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     send.add_argument("--plain", action="store_true",
                       help="send unencrypted (for contacts whose devices published no keys)")
     actions.add_parser("follow", parents=[data], help="print incoming messages until Ctrl-C")
+    actions.add_parser("invite", parents=[data], help="print a contact invite (URI and QR) to show someone")
 
 
 def run(args: argparse.Namespace) -> int:
     state = ClientState(args.data_dir or default_data_dir())
-    action = {None: interact, "contacts": _contacts, "send": _send, "follow": _follow}[args.action]
+    action = {None: interact, "contacts": _contacts, "send": _send, "follow": _follow,
+              "invite": _invite}[args.action]
     try:
         trio.run(action, state, args)
     except BaseException as exc:  # trio's nurseries wrap what ends the command in exception groups
@@ -74,3 +77,11 @@ async def _send(state: ClientState, args: argparse.Namespace) -> None:
 async def _follow(state: ClientState, args: argparse.Namespace) -> None:
     async with running(state, Printer()):
         await trio.sleep_forever()
+
+
+async def _invite(state: ClientState, args: argparse.Namespace) -> None:
+    printer = Printer()
+    async with running(state, printer, quiet_status=True) as client:
+        uri = await contact_invite(client)
+    printer.line(uri)
+    printer.line(qr.terminal(uri))
