@@ -248,6 +248,8 @@ async def test_other_clients_get_the_fallback_and_plain_messages_stay_plain(
     secret = marker()
     await anna.client.send(bob_jid, secret)
     got = await next_message(plain)
+    while got.find(f"{{{ns.CLIENT}}}body") is None:   # e.g. a PEP event
+        got = await next_message(plain)
     assert got.findtext(f"{{{ns.CLIENT}}}body") == e2e.FALLBACK_BODY
     assert secret.encode() not in serialize(got)
 
@@ -264,3 +266,33 @@ def bob_password(tmp_path: Path) -> str:
     state.close()
     assert stored is not None
     return stored.password
+
+
+async def test_a_second_device_is_learned_from_pep_events_and_both_decrypt(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    anna, bob, bob_jid = await contacts(own_server, tmp_path, nursery)
+    assert anna.client is not None
+    await anna.client.send(bob_jid, "one")
+    assert (await bob.next()).body == "one"
+
+    state = ClientState(tmp_path / "bob2")      # bob's laptop: the same account, another resource
+    state.save_account(replace(account(own_server, "bob", bob_password(tmp_path)), resource="laptop"))
+    state.close()
+    laptop = Device(own_server, tmp_path / "bob2")
+    await laptop.start(nursery)
+    assert laptop.client is not None
+    # anna fetched bob's list once; the laptop reaches her only as a +notify event (caps)
+    await until(lambda: len(anna.client.keys.devices_of(bob_jid)) == 2)
+
+    await anna.client.send(bob_jid, "two")
+    for device in (bob, laptop):
+        got = await device.next()
+        assert (got.body, got.problem) == ("two", None)
+    await laptop.client.send(anna.client.jid, "from the laptop")
+    assert (await anna.next()).body == "from the laptop"
+
+
+async def until(condition: Any, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.05)

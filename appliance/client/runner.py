@@ -82,6 +82,7 @@ class ClientRunner:
         self.stream: ClientStream | None = None
         self._in_flight: dict[int, bytes] = {}  # outbox id -> its bytes, sent on this session
         self._wake = trio.Event()               # set when the outbox gets something new
+        self.presence_children: list[Element] = []  # e.g. XEP-0115 caps (secure.py)
 
     def _set(self, status: Status, **details: Any) -> None:
         self.status = status
@@ -135,8 +136,8 @@ class ClientRunner:
                 nursery.start_soon(self._receiver, stream)
                 nursery.start_soon(self._sender, stream)
                 nursery.start_soon(self._heartbeat, stream)
-                if not stream.resumed:
-                    await stream.send(make("presence"))  # available: offline messages come now
+                if not stream.resumed:  # available: offline messages come now
+                    await stream.send(self.available_presence())
         except* LinkLost as group:
             reason = _reason(group.exceptions[0])
         finally:
@@ -148,6 +149,11 @@ class ClientRunner:
                 await stream.abort()  # not </stream>: the server keeps the session to resume
         self.backoff.reset_if_stable(trio.current_time())
         return reason
+
+    def available_presence(self) -> Element:
+        presence = make("presence")
+        presence.extend(deepcopy(child) for child in self.presence_children)
+        return presence
 
     # ---- the three activities -------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import trio
 from lxml import etree
 
-from appliance.client import e2e
+from appliance.client import caps, e2e
 from appliance.client.e2e import (FALLBACK_BODY, E2EError, KeyChanged, NotForThisDevice, Replayed,
                                   Tampered, UnknownDevice, bare)
 from appliance.client.e2e_devices import (DEVICES_NODE, PUBSUB, BadDeviceList, fetch_request,
@@ -77,6 +77,7 @@ class SecureClient:
         self.on_key_change = on_key_change
         self.runner = ClientRunner(state, on_stanza=self._on_stanza, on_status=self._status_changed,
                                    **runner_options)
+        self.runner.presence_children.append(caps.caps_element())  # so PEP sends device lists
         self._ready = trio.Event()      # online, with this device published
         self._nursery: trio.Nursery | None = None
 
@@ -188,9 +189,13 @@ class SecureClient:
             await self._on_message(stanza)
 
     async def _answer_iq(self, iq: Element) -> None:
-        """Roster pushes are applied; every other request gets service-unavailable."""
+        """The one place requests to this client are answered: disco#info (XEP-0115 caps), roster
+        pushes applied; every other request gets service-unavailable."""
         query = iq.find(f"{{{ns.ROSTER}}}query")
-        if query is not None and iq.get("type") == "set" and bare(iq.get("from") or self.jid) == self.jid:
+        info = iq.find(f"{{{ns.DISCO_INFO}}}query")
+        if info is not None and iq.get("type") == "get" and caps.answers(info.get("node")):
+            reply = iq_result(iq, caps.disco_info(info.get("node")))
+        elif query is not None and iq.get("type") == "set" and bare(iq.get("from") or self.jid) == self.jid:
             roster = {item.jid: item for item in self.state.roster()}
             for item in roster_items(query):
                 roster.pop(item.jid, None)
