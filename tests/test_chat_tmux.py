@@ -31,7 +31,17 @@ def appliance(*argv: str) -> list[str]:
 def paired(server: ServerProcess, data: Path, username: str, *invite_options: str) -> None:
     made = server.cli("invite", "create", "--json", *invite_options)
     assert made.returncode == 0, made.stderr
-    uri = json.loads(made.stdout)["uri"]
+    pair_with(server, data, json.loads(made.stdout)["uri"], username)
+
+
+def contact_invite(data: Path) -> str:
+    made = subprocess.run(appliance("chat", "invite", "--data-dir", str(data)), capture_output=True,
+                          text=True, timeout=90)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.splitlines()[0]
+
+
+def pair_with(server: ServerProcess, data: Path, uri: str, username: str) -> None:
     result = subprocess.run(appliance("pair", uri, "--data-dir", str(data), "--host", server.host,
                                       "--port", str(server.port), "--timeout", "10", "--username", username),
                             capture_output=True, text=True, timeout=60)
@@ -74,20 +84,21 @@ class Tmux:
 def test_two_people_chat_encrypted_in_tmux(server: ServerProcess, tmp_path: Path) -> None:
     anna, bob = tmp_path / "anna", tmp_path / "bob"
     paired(server, anna, "anna")
+    bob_invite = contact_invite(anna)  # carries anna's key fingerprint: bob sees it verified
+    pair_with(server, bob, bob_invite, "bob")
     tmux = Tmux()
     try:
         tmux.start("anna", appliance("chat", "--data-dir", str(anna)))
-        tmux.wait_for("anna", READY)
-        paired(server, bob, "bob", "--contact", "anna")  # bob: a new account, anna's contact at once
         tmux.start("bob", appliance("chat", "--data-dir", str(bob)))
+        tmux.wait_for("anna", READY)
         tmux.wait_for("bob", READY)
         tmux.type("anna", f"/to bob@{server.domain}")
         tmux.type("anna", "hello bob, it is anna")
         tmux.wait_for("anna", f"(sent to bob@{server.domain}, encrypted)")
-        tmux.wait_for("bob", f"anna@{server.domain} [e2e tofu]: hello bob, it is anna")
+        tmux.wait_for("bob", f"anna@{server.domain} [e2e verified]: hello bob, it is anna")
         tmux.type("bob", f"/to anna@{server.domain}")
         tmux.type("bob", "hi anna")
-        tmux.wait_for("anna", f"bob@{server.domain} [e2e tofu]: hi anna")
+        tmux.wait_for("anna", f"bob@{server.domain} [e2e tofu]: hi anna")  # anna never compared bob's key
         tmux.type("bob", f"/keys anna@{server.domain}")
         tmux.wait_for("bob", f"anna@{server.domain} device ")
         tmux.type("anna", "/quit")
@@ -155,10 +166,7 @@ def test_chat_invite_pairs_a_verified_contact(server: ServerProcess, tmp_path: P
     uri = made.stdout.splitlines()[0]
     assert uri.startswith(f"xmpp:hana@{server.domain}?roster;") and ";e2e-sid-" in uri
     assert "█" in made.stdout or "▀" in made.stdout  # the terminal QR code
-    result = subprocess.run(appliance("pair", uri, "--data-dir", str(ivo), "--host", server.host, "--port",
-                                      str(server.port), "--username", "ivo"),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    pair_with(server, ivo, uri, "ivo")
     contacts = subprocess.run(appliance("chat", "contacts", "--data-dir", str(ivo)),
                               capture_output=True, text=True, timeout=90)
     assert contacts.returncode == 0, contacts.stderr
