@@ -20,7 +20,6 @@ import trio
 
 from appliance.client import e2e
 from appliance.client.e2e import KeyChanged
-from appliance.client.e2e_devices import with_invite_params
 from appliance.client.keys import KeyStore
 from appliance.client.secure import Incoming, SecureClient, pair_with_keys
 from appliance.client.state import ClientState
@@ -100,8 +99,8 @@ async def test_encrypted_chat_both_ways_leaves_no_plaintext_on_the_server(
     anna_device = Device(server, tmp_path / "anna")
     anna = await anna_device.start(nursery)
 
-    uri = with_invite_params(invite(server, "--contact", "anna"),
-                             {anna.device.device_id: anna.device.public_key})
+    uri = await anna.contact_invite()         # from the server, with anna's key fingerprint
+    assert f"e2e-sid-{anna.device.device_id}=" in uri
     bob_account = await pair_with_keys(uri, ClientState(tmp_path / "bob"), host=server.host,
                                        port=server.port, username="bob", timeout=10)
     bob_device = Device(server, tmp_path / "bob")
@@ -296,3 +295,25 @@ async def until(condition: Any, timeout: float = 10) -> None:
     with trio.fail_after(timeout):
         while not condition():
             await trio.sleep(0.05)
+
+
+async def test_an_existing_account_adds_a_contact_from_an_invite_with_verified_keys(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    anna, bob, bob_jid = await contacts(own_server, tmp_path, nursery)
+    assert anna.client is not None
+    carl_jid = own_server.add_user("carl")
+    ClientState(tmp_path / "carl").save_account(account(own_server, "carl"))
+    carl = Device(own_server, tmp_path / "carl")
+    await carl.start(nursery)
+    assert carl.client is not None
+
+    await carl.client.add_contact(await anna.client.contact_invite())
+    await until(lambda: any(c.jid == anna.client.jid and c.subscription == "both"
+                            for c in carl.client.contacts()))
+    await carl.client.send(anna.client.jid, "hello anna")
+    got = await anna.next()
+    assert (got.peer, got.body, got.trust) == (carl_jid, "hello anna", "tofu")
+    assert [trust for _, _, trust in carl.client.devices(anna.client.jid)] == ["verified"]
+    await anna.client.send(carl_jid, "hello carl")
+    got = await carl.next()
+    assert (got.body, got.trust) == ("hello carl", "verified")

@@ -28,6 +28,7 @@ from appliance.client.e2e import (FALLBACK_BODY, E2EError, KeyChanged, NotForThi
                                   Tampered, UnknownDevice, bare)
 from appliance.client.e2e_devices import (DEVICES_NODE, PUBSUB, BadDeviceList, fetch_request,
                                           parse_device_list, parse_invite_params, publish_request)
+from appliance.client.invite import request_contact_invite
 from appliance.client.keys import KeyStore, ReplayGuard
 from appliance.client.link import Account, StanzaRefused
 from appliance.client.pairing import pair
@@ -270,12 +271,28 @@ class SecureClient:
     def accept_key_change(self, jid: str, device_id: int) -> None:
         self.keys.accept_change(jid, device_id)
 
+    async def contact_invite(self) -> str:
+        """A contact-invite URI from the server, with this account's device fingerprints."""
+        stream = self.runner.stream
+        if stream is None:
+            raise LinkLost("offline: a contact invite comes from the server")
+        devices = {d: peer.public_key for d, peer in self.keys.devices_of(self.jid).items() if peer.active}
+        return await request_contact_invite(stream, devices)
+
     async def add_contact(self, uri: str) -> None:
-        """Become a contact through a contact invite (this account exists already); the invite's
-        key fingerprints make the inviter's devices verified."""
-        await pair(uri, self.state, cafile=self.runner.cafile)
+        """Ask a contact invite's inviter to become a contact (XEP-0379: the server approves a
+        request carrying the token); the invite's key fingerprints make their devices verified.
+        The roster push that follows shows up in contacts()."""
+        invite = parse_uri(uri.strip())
+        if invite.action != "roster" or not invite.token:
+            raise ValueError("not a contact invite (xmpp:someone@domain?roster;preauth=...)")
+        stream = self.runner.stream
+        if stream is None:
+            raise LinkLost("offline: adding a contact needs the server")
         record_invite_keys(self.state, uri)
-        await self._refresh(parse_uri(uri.strip()).jid)
+        request = make("presence", to=invite.jid, type_="subscribe")
+        sub(request, f"{{{ns.PARS}}}preauth", token=invite.token)
+        await stream.send(request)
 
 
 async def pair_with_keys(uri: str, state: ClientState, **options: Any) -> Account:
