@@ -317,3 +317,22 @@ async def test_an_existing_account_adds_a_contact_from_an_invite_with_verified_k
     await anna.client.send(carl_jid, "hello carl")
     got = await carl.next()
     assert (got.body, got.trust) == ("hello carl", "verified")
+
+
+async def test_a_message_sent_from_one_device_shows_on_the_others_through_carbons(
+        own_server: ServerProcess, tmp_path: Path, nursery: trio.Nursery) -> None:
+    anna, bob, bob_jid = await contacts(own_server, tmp_path, nursery)
+    assert anna.client is not None
+    state = ClientState(tmp_path / "tablet")
+    state.save_account(replace(account(own_server, "anna"), resource="tablet"))
+    state.close()
+    tablet = Device(own_server, tmp_path / "tablet")
+    await tablet.start(nursery)
+    assert tablet.client is not None
+    await until(lambda: len(anna.client.keys.devices_of(anna.client.jid)) == 2)  # own +notify event
+
+    secret = marker()
+    await anna.client.send(bob_jid, secret)
+    assert (await bob.next()).body == secret
+    await until(lambda: [(m.direction, m.body) for m in tablet.client.state.history(bob_jid)] == [("out", secret)])
+    assert tablet.received == []

@@ -116,6 +116,9 @@ class SecureClient:
             sub(query, f"{{{ns.ROSTER}}}query")
             result = (await self._iq(query)).find(f"{{{ns.ROSTER}}}query")
             self.state.set_roster(roster_items(result) if result is not None else [])
+            enable = make("iq", type_="set")
+            sub(enable, f"{{{ns.CARBONS}}}enable")   # copies of what our other devices send
+            await self._iq(enable)
             devices = await self._device_list(self.jid)
             mine = self.device.public_key
             if devices.get(self.device.device_id) != mine:
@@ -213,6 +216,9 @@ class SecureClient:
         event = stanza.find(f"{{{PUBSUB_EVENT}}}event/{{{PUBSUB_EVENT}}}items[@node='{DEVICES_NODE}']")
         if event is not None:
             return self._device_event(stanza, event)
+        sent = stanza.find(f"{{{ns.CARBONS}}}sent/{{{ns.FORWARD}}}forwarded/{{{ns.CLIENT}}}message")
+        if sent is not None:
+            return await self._sent_carbon(stanza, sent)
         body = stanza.findtext(f"{{{ns.CLIENT}}}body")
         peer = bare(stanza.get("from") or self.jid)
         if stanza.find(f"{{{e2e.NS}}}encrypted") is not None:
@@ -226,6 +232,16 @@ class SecureClient:
         result = self.on_message(incoming)
         if inspect.isawaitable(result):
             await result
+
+    async def _sent_carbon(self, carbon: Element, message: Element) -> None:
+        """A message one of our other devices sent: into the history (as sent), decrypted with
+        our own account's device keys. Only the server of our own account may send carbons."""
+        if bare(carbon.get("from") or self.jid) != self.jid or message.find(f"{{{e2e.NS}}}encrypted") is None:
+            return
+        peer = bare(message.get("to") or "")
+        incoming = await self._decrypt(message, self.jid)
+        if incoming.problem is None:
+            self.state.add_message(peer, "out", incoming.body, incoming.stamp, message.get("id"))
 
     def _device_event(self, stanza: Element, items: Element) -> None:
         item = items.find(f"{{{PUBSUB_EVENT}}}item")
