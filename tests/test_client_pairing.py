@@ -56,6 +56,9 @@ async def test_account_invite_pairs_pinned_and_logs_in_again(server: ServerProce
 async def test_preset_username_is_used(server: ServerProcess, tmp_path: Path) -> None:
     account = await do_pair(server, invite(server, "--username", "Nina"), tmp_path / "c")
     assert account.jid == f"nina@{server.domain}"
+    other = await do_pair(server, invite(server, "--username", "Olga"), tmp_path / "d")
+    # every paired device binds its own resource (two devices of one account must not collide)
+    assert account.resource != other.resource and account.resource.startswith("appliance-client-")
 
 
 async def test_an_invite_without_username_asks_for_one(server: ServerProcess, tmp_path: Path) -> None:

@@ -103,7 +103,9 @@ def _username(name: str | None) -> str:
 async def _register(domain: str, name: str, token: str,
                     where: tuple[str, int, str | None, str | None], timeout: float) -> Account:
     host, port, fingerprint, cafile = where
-    account = Account(f"{name}@{domain}", secrets.token_urlsafe(PASSWORD_BYTES), host, port, fingerprint)
+    # Each device its own resource: two devices of one account must not replace each other's session.
+    account = Account(f"{name}@{domain}", secrets.token_urlsafe(PASSWORD_BYTES), host, port, fingerprint,
+                      f"appliance-client-{secrets.token_hex(4)}")
     try:
         with trio.fail_after(timeout):
             link = await Link.open(host, port, domain)

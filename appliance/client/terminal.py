@@ -17,18 +17,14 @@ from appliance.client.runner import Status, StatusChange
 from appliance.client.secure import Incoming, NoKeys, SecureClient
 from appliance.client.e2e import KeyChanged
 from appliance.client.link import LinkLost, StanzaRefused
-from appliance.client.e2e_devices import with_invite_params
+from appliance.client.invite import NoInvite
 from appliance.client.state import ClientState
-from appliance.proto import ns
-from appliance.proto.stanza import make, sub
 
 ONLINE_TIMEOUT = 60.0   # how long a one-shot command waits to get online
 NEEDS_PAIRING = ("the server refused this device's credentials; pair again with a new invite: "
                  "appliance pair URI")
 
 
-INVITE_NODE = "urn:xmpp:invite#invite"   # the server's XEP-0401 command (features/invite_commands.py)
-_URI_VALUE = f"{{{ns.COMMANDS}}}command/{{{ns.DATA_FORMS}}}x/{{{ns.DATA_FORMS}}}field[@var='uri']/{{{ns.DATA_FORMS}}}value"
 READY = "* ready: this device's key is published, encrypted messages can reach it"
 
 
@@ -147,16 +143,9 @@ async def read_lines() -> AsyncIterator[str]:
 
 
 async def contact_invite(client: SecureClient) -> str:
-    """A contact invite from this account (the server's XEP-0401 ad-hoc command), with this
-    account's device key fingerprints (`e2e-sid-*`) so the invitee trusts them as verified."""
-    request = make("iq", type_="set", to=client.jid.partition("@")[2])
-    sub(request, f"{{{ns.COMMANDS}}}command", node=INVITE_NODE, action="execute")
+    """A contact invite from this account (SecureClient.contact_invite: the server's XEP-0401
+    ad-hoc command plus this account's key fingerprints), or ChatFailed with the reason."""
     try:
-        answer = await client.runner.stream.iq(request) if client.runner.stream else None
-    except (StanzaRefused, LinkLost, trio.TooSlowError) as exc:
+        return await client.contact_invite()
+    except (StanzaRefused, LinkLost, NoInvite, trio.TooSlowError) as exc:
         raise ChatFailed(f"the server made no invite: {exc}") from None
-    uri = answer.findtext(_URI_VALUE) if answer is not None else None
-    if uri is None:
-        raise ChatFailed("the server's answer carried no invite")
-    devices = {d: key.public_key for d, key in client.keys.devices_of(client.jid).items() if key.active}
-    return with_invite_params(uri, devices)
