@@ -286,6 +286,7 @@ def test_browser_signs_in_and_creates_an_invite(site: Site, browser: Any) -> Non
 @needs_browser
 def test_browser_sends_a_notification_and_sees_it_delivered(site: Site, browser: Any) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import Select
 
     def send() -> str:
@@ -303,15 +304,19 @@ def test_browser_sends_a_notification_and_sees_it_delivered(site: Site, browser:
         browser.find_element(By.CSS_SELECTOR, "form[action='/admin/notifications/send'] button").click()
         return browser.current_url
 
+    def read_delivered() -> str:
+        try:
+            cells = browser.find_elements(By.XPATH, "//tr[td[1]='Delivered']/td[2]")
+            return cells[0].text if cells else ""
+        except StaleElementReferenceException:  # the page reloaded between finding and reading
+            return ""
+
     def delivered_count() -> str:
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # the page reloads itself; no reload from here
-            cells = browser.find_elements(By.XPATH, "//tr[td[1]='Delivered']/td[2]")
-            if cells and cells[0].text == "1":
-                break
-            time.sleep(0.3)
+        while time.monotonic() < deadline and (count := read_delivered()) != "1":
+            time.sleep(0.3)  # the page reloads itself; no reload from here
         shot(browser, "5-notification-delivered")
-        return browser.find_element(By.XPATH, "//tr[td[1]='Delivered']/td[2]").text
+        return count
 
     async def scenario() -> tuple[str, str, Any]:
         dave: Client = await connected(site.server, f"dave@{site.server.domain}")
