@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 DOMAIN = "appliance.test"
 PASSWORD = "correct horse battery"
@@ -47,6 +50,7 @@ class ServerProcess:
     host: str = "127.0.0.1"
     # How Python starts the server (before `serve --config ...`); a test may run it with a patch.
     python_args: list[str] = field(default_factory=lambda: ["-m", "appliance"])
+    batches: Iterator[int] = field(default_factory=itertools.count)  # add_users' name suffixes
 
     @property
     def cert(self) -> Path:
@@ -99,6 +103,13 @@ class ServerProcess:
         result = self.cli("user", "add", name, stdin=password + "\n")
         assert result.returncode == 0, result.stderr
         return f"{name}@{self.domain}"
+
+    def add_users(self, *names: str, prefix: str = "") -> list[str]:
+        """Fresh accounts PREFIX+NAME+N, N new for every call (a module's server outlives its
+        tests, so every test gets accounts of its own), created in parallel."""
+        batch = next(self.batches)
+        with ThreadPoolExecutor(len(names)) as pool:
+            return list(pool.map(lambda name: self.add_user(f"{prefix}{name}{batch}"), names))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         assert self.proc is not None

@@ -7,8 +7,6 @@ must be copied is sent along the same path, and it has to be the first copy to a
 from __future__ import annotations
 
 import asyncio
-import itertools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slixmpp.xmlstream import ET
@@ -21,13 +19,10 @@ HINTS = "urn:xmpp:hints"
 RECEIPTS = "urn:xmpp:receipts"
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 PLUGINS = ("xep_0030", "xep_0199", "xep_0297", "xep_0280")
-_numbers = itertools.count()
 
 
 def new_users(server: ServerProcess, *names: str) -> list[str]:
-    number = next(_numbers)
-    with ThreadPoolExecutor(len(names)) as pool:
-        return list(pool.map(lambda name: server.add_user(f"carbons{name}{number}"), names))
+    return server.add_users(*names, prefix="carbons")
 
 
 async def login(server: ServerProcess, jid: str, resource: str, *, carbons: bool = True,

@@ -7,7 +7,6 @@ import itertools
 import sqlite3
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
@@ -25,7 +24,6 @@ DELAY = "urn:xmpp:delay"
 XDATA = "jabber:x:data"
 CLIENT = "jabber:client"
 HINTS = "urn:xmpp:hints"
-_numbers = itertools.count()
 _ids = itertools.count()
 
 
@@ -38,9 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def new_users(server: ServerProcess, *names: str) -> list[str]:
-    number = next(_numbers)
-    with ThreadPoolExecutor(len(names)) as pool:
-        return list(pool.map(lambda name: server.add_user(f"mam{name}{number}"), names))
+    return server.add_users(*names, prefix="mam")
 
 
 class Peer:

@@ -14,7 +14,6 @@ import itertools
 import sqlite3
 import time
 from contextlib import closing
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import pytest
@@ -49,9 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def new_users(server: ServerProcess, *names: str) -> list[str]:
-    number = next(_numbers)
-    with ThreadPoolExecutor(len(names)) as pool:
-        return list(pool.map(lambda name: server.add_user(f"pep{name}{number}"), names))
+    return server.add_users(*names, prefix="pep")
 
 
 async def login(server: ServerProcess, jid: str, resource: str = "phone", *, nick: bool = False,

@@ -4,8 +4,6 @@ with slixmpp clients against a real server process."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -20,7 +18,6 @@ OFFLINE_LIMIT = 3
 ROSTER = "jabber:iq:roster"
 DELAY = "urn:xmpp:delay"
 QUIET = 0.6  # how long "nothing arrives" is watched for
-_numbers = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def new_users(server: ServerProcess, *names: str) -> list[str]:
-    """Fresh accounts (the server lives for the whole module), created in parallel."""
-    number = next(_numbers)
-    with ThreadPoolExecutor(len(names)) as pool:
-        return list(pool.map(lambda name: server.add_user(f"{name}{number}"), names))
+    return server.add_users(*names, prefix="")
 
 
 async def login(server: ServerProcess, jid: str, resource: str | None = None, *, priority: int | None = None,
