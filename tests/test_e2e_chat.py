@@ -21,7 +21,8 @@ import trio
 from appliance.client import e2e
 from appliance.client.e2e import KeyChanged
 from appliance.client.keys import KeyStore
-from appliance.client.secure import Incoming, SecureClient, pair_with_keys
+from appliance.client.invite import pair_with_keys
+from appliance.client.secure import Incoming, SecureClient
 from appliance.client.state import ClientState
 from appliance.client.stream import connect
 from tests.harness import ServerProcess

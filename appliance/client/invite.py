@@ -6,9 +6,14 @@ the inviter's keys verified rather than trusted on first use."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from appliance.client.e2e_devices import with_invite_params
-from appliance.client.stream import ClientStream
+from appliance.client.e2e_devices import parse_invite_params, with_invite_params
+from appliance.client.keys import KeyStore
+from appliance.client.pairing import pair
+from appliance.client.state import ClientState
+from appliance.client.stream import Account, ClientStream
+from appliance.pairing.invites import parse_uri
 from appliance.proto import ns
 from appliance.proto.stanza import make, sub
 
@@ -29,3 +34,19 @@ async def request_contact_invite(stream: ClientStream, devices: Mapping[int, byt
     if not uri:
         raise NoInvite("the server answered the invite command without an invite URI")
     return with_invite_params(uri, devices)
+
+
+async def pair_with_keys(uri: str, state: ClientState, **options: Any) -> Account:
+    """pairing.pair, then the invite's `e2e-sid-*` fingerprints recorded as verified."""
+    account = await pair(uri, state, **options)
+    record_invite_keys(state, uri)
+    return account
+
+
+def record_invite_keys(state: ClientState, uri: str) -> None:
+    """Trust the inviter's device keys named in a contact invite (KeyStore.verify: the key is
+    checked against the fingerprint when it arrives, or now if it is known)."""
+    invite = parse_uri(uri.strip())
+    keys = KeyStore(state.conn)
+    for device_id, fingerprint in parse_invite_params(invite.params).items():
+        keys.verify(invite.jid, device_id, fingerprint)

@@ -27,11 +27,10 @@ from appliance.client import caps, e2e
 from appliance.client.e2e import (FALLBACK_BODY, E2EError, KeyChanged, NotForThisDevice, Replayed,
                                   Tampered, UnknownDevice, bare)
 from appliance.client.e2e_devices import (DEVICES_NODE, PUBSUB, BadDeviceList, fetch_request,
-                                          parse_device_list, parse_invite_params, publish_request)
-from appliance.client.invite import request_contact_invite
+                                          parse_device_list, publish_request)
+from appliance.client.invite import record_invite_keys, request_contact_invite
 from appliance.client.keys import KeyStore, ReplayGuard
-from appliance.client.link import Account, StanzaRefused
-from appliance.client.pairing import pair
+from appliance.client.link import StanzaRefused
 from appliance.client.runner import ClientRunner, Status, StatusChange
 from appliance.client.state import ClientState, RosterItem, roster_items
 from appliance.client.stream import LinkLost
@@ -309,22 +308,6 @@ class SecureClient:
         request = make("presence", to=invite.jid, type_="subscribe")
         sub(request, f"{{{ns.PARS}}}preauth", token=invite.token)
         await stream.send(request)
-
-
-async def pair_with_keys(uri: str, state: ClientState, **options: Any) -> Account:
-    """pairing.pair, then the invite's `e2e-sid-*` fingerprints recorded as verified."""
-    account = await pair(uri, state, **options)
-    record_invite_keys(state, uri)
-    return account
-
-
-def record_invite_keys(state: ClientState, uri: str) -> None:
-    """Trust the inviter's device keys named in a contact invite (KeyStore.verify: the key is
-    checked against the fingerprint when it arrives, or now if it is known)."""
-    invite = parse_uri(uri.strip())
-    keys = KeyStore(state.conn)
-    for device_id, fingerprint in parse_invite_params(invite.params).items():
-        keys.verify(invite.jid, device_id, fingerprint)
 
 
 def _stamp(stanza: Element) -> float:

@@ -1,7 +1,7 @@
 """`appliance pair URI` / `appliance pair --qr FILE.png`: make this machine a chat client of an
 appliance through an invite (docs/client.md, "The terminal client").
 
-Pairs with appliance/client/pairing.py (through secure.pair_with_keys, which also trusts the
+Pairs with appliance/client/pairing.py (through invite.pair_with_keys, which also trusts the
 inviter's device keys a contact invite names): the certificate is pinned to the invite's fingerprint, the
 account (with a random password) is stored in the client's data directory, which `appliance chat`
 then uses. The host defaults to the invite's domain; `appliance discover` lists the appliances on
@@ -19,7 +19,7 @@ import trio
 
 from appliance.client.pairing import PairingFailed
 from appliance.client.qr_image import NoQrCode, read_qr
-from appliance.client.secure import pair_with_keys
+from appliance.client.invite import pair_with_keys
 from appliance.client.state import ClientState
 
 OK, FAILED, USAGE = 0, 1, 2
