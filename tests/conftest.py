@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.harness import ServerProcess
+
+# tests/firmware/ builds binaries and boots the arm64 image (tens of minutes, qemu): it has its own
+# command, scripts/test-firmware.sh, which builds what it needs and sets this variable.
+collect_ignore = [] if os.environ.get("APPLIANCE_FIRMWARE_TESTS") else ["firmware"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
