@@ -51,6 +51,7 @@ class ServerProcess:
     # How Python starts the server (before `serve --config ...`); a test may run it with a patch.
     python_args: list[str] = field(default_factory=lambda: ["-m", "appliance"])
     batches: Iterator[int] = field(default_factory=itertools.count)  # add_users' name suffixes
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
 
     @property
     def cert(self) -> Path:
@@ -90,7 +91,7 @@ class ServerProcess:
         config = self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, *self.python_args, "serve", "--config", str(config)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         wait_for_port(self.port, self.proc, host=self.host)
         wait_for_port(self.tls_port, self.proc, host=self.host)
         return self
