@@ -18,6 +18,9 @@ command -v sfdisk >/dev/null || need_debs+=(fdisk)
 command -v mkfs.ext4 >/dev/null || need_debs+=(e2fsprogs)
 command -v dnsmasq >/dev/null || need_debs+=(dnsmasq-base)       # DHCP for the image on its test link
 command -v ip >/dev/null || need_debs+=(iproute2)
+# scripts/build-binary.sh freezes Debian's python3 (a stripped libpython, the same as on arm64)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_debs+=(python3 python3-venv)
+ldconfig -p | grep 'libpython3\.11\.so\.1\.0' >/dev/null || need_debs+=(libpython3.11)
 if [ ${#need_debs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -41,7 +41,7 @@ unshare --user --mount --propagation private --pid --fork bash -c '
   [ -e "$ROOTFS/etc/resolv.conf" ] || cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
   exec env -i container=lxc HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOTFS" "$@"
-' foreign-chroot "$@" &
+' foreign-chroot "$@" <&0 &   # a background job's stdin would be /dev/null
 child=$!
 # unshare(2) has not necessarily happened yet: a map can only be written once the child is in its
 # own user namespace
@@ -52,6 +52,14 @@ done
 echo "0 0 65536" > "/proc/$child/uid_map"
 echo "0 0 65536" > "/proc/$child/gid_map"
 echo go > "$sync_dir/go"
+# unshare blocks SIGTERM and SIGINT while it waits, and CMD is PID 1 of its pid namespace, so pass
+# them on to CMD ourselves (an init gets a signal from outside only if it handles it): a caller that
+# stops this script with SIGTERM stops CMD, instead of leaving it running.
+forward() { for pid in $(cat "/proc/$child/task/$child/children" 2>/dev/null); do kill -"$1" "$pid" 2>/dev/null; done; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 set +e
-wait "$child"
-exit $?
+while :; do
+  wait "$child"; rc=$?
+  kill -0 "$child" 2>/dev/null || exit $rc   # else a forwarded signal interrupted the wait
+done
