@@ -74,6 +74,23 @@ async def test_two_clients_chat_both_ways_and_query_the_roster(server: ServerPro
     await flo.aclose()
 
 
+async def test_a_closed_stream_confirms_what_it_received(server: ServerProcess) -> None:
+    """aclose() acknowledges first: a message the server never saw acknowledged is routed again when
+    the session ends (offline storage), so the next login would get it a second time."""
+    server.add_user("pia")
+    server.add_user("quinn")
+    pia, quinn = await login(server, "pia"), await login(server, "quinn")
+    await pia.send(chat(f"quinn@{server.domain}", "once only"))
+    assert (await next_message(quinn)).findtext(f"{{{ns.CLIENT}}}body") == "once only"
+    await quinn.aclose()
+    quinn = await login(server, "quinn")
+    await quinn.heartbeat(5)  # its presence (which flushes offline storage) has been handled
+    await pia.send(chat(f"quinn@{server.domain}", "after"))
+    assert (await next_message(quinn)).findtext(f"{{{ns.CLIENT}}}body") == "after"
+    await pia.aclose()
+    await quinn.aclose()
+
+
 async def test_iq_error_is_raised_with_its_condition(server: ServerProcess) -> None:
     server.add_user("gil")
     gil = await login(server, "gil")

@@ -197,10 +197,13 @@ class ClientStream:
         await self._link.abort()
 
     async def aclose(self) -> None:
-        """</stream:stream>, then close: the server ends the session (no resumption)."""
+        """A last <a/> (what we got is confirmed: the server must not route it again, XEP-0198
+        §4), </stream:stream>, then close: the server ends the session (no resumption)."""
         if self._error is None:
             with trio.move_on_after(_CLOSE_GRACE):
                 try:
+                    if self.counting:
+                        await self._link.send(f"<a xmlns='{ns.SM}' h='{self.sm.inbound}'/>".encode())
                     await self._link.send(STREAM_CLOSE)
                 except LinkLost:
                     pass  # closing anyway
