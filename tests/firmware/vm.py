@@ -24,7 +24,7 @@ from pathlib import Path
 
 # The partition layout made by firmware/build-image.sh: the FAT boot partition starts at 1 MiB.
 BOOT_PARTITION = "@@1M"
-KERNEL_CMDLINE = "root=LABEL=rootfs rw rootwait console=ttyAMA0 panic=10"
+KERNEL_CMDLINE = "root=LABEL=rootfs rw rootwait net.ifnames=0 console=ttyAMA0 panic=10"
 BOOT_TIMEOUT = 900  # seconds qemu may live at most (TCG emulation on a shared 2-core machine)
 
 
@@ -48,17 +48,25 @@ def boot_files(disk: Path, directory: Path) -> tuple[Path, Path]:
     return kernel, initrd
 
 
-def port_open(host: str, port: int, settle: float = 3.0) -> bool:
-    """True when something accepts TCP connections on host:port. A user-mode host forward accepts on
-    the host side even while nothing listens in the guest, and then closes at once: so a connection
-    that stays open (silent or talking) for `settle` seconds counts, one closed at once does not."""
+# An XMPP stream header: any server answers it (with its own header, or a stream error)
+XMPP_HELLO = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              b"xmlns:stream='http://etherx.jabber.org/streams' to='probe.invalid' version='1.0'>")
+
+
+def port_open(host: str, port: int, hello: bytes | None = None, settle: float = 3.0) -> bool:
+    """True when a server answers on host:port. A user-mode host forward accepts on the host side
+    even while nothing listens in the guest (it closes, or resets, once the guest refuses), so:
+    with `hello`, send it and count only an answer; without, count a connection that stays open
+    (silent or talking) for `settle` seconds, which a slow guest can fake."""
     try:
         with socket.create_connection((host, port), timeout=settle) as sock:
             sock.settimeout(settle)
+            if hello is not None:
+                sock.sendall(hello)
             try:
                 return sock.recv(1) != b""
             except socket.timeout:
-                return True
+                return hello is None
     except OSError:
         return False
 
@@ -131,11 +139,12 @@ class VM:
                 raise VMError(f"{regex.pattern!r} not on the console after {timeout:.0f} s:\n{self.tail()}")
             time.sleep(1)
 
-    def wait_port(self, guest_port: int, timeout: float = 300) -> int:
-        """Wait until the guest answers on `guest_port` through its host forward; the host port."""
+    def wait_port(self, guest_port: int, timeout: float = 300, hello: bytes | None = None) -> int:
+        """Wait until the guest answers on `guest_port` through its host forward (to `hello`, e.g.
+        XMPP_HELLO, when given: see port_open); the host port."""
         host_port = self.forwards[guest_port]
         deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", host_port):
+        while not port_open("127.0.0.1", host_port, hello):
             self._check_alive(f"waiting for guest port {guest_port}")
             if time.monotonic() > deadline:
                 raise VMError(f"guest port {guest_port} not answering after {timeout:.0f} s:\n{self.tail()}")
