@@ -198,14 +198,18 @@ class ClientStream:
 
     async def aclose(self) -> None:
         """A last <a/> (what we got is confirmed: the server must not route it again, XEP-0198
-        §4), </stream:stream>, then close: the server ends the session (no resumption)."""
+        §4), </stream:stream>, the server's own closing tag (so it has read all that: a close with
+        unread data in our socket resets the connection, and the server may lose the last bytes),
+        then close: the server ends the session (no resumption)."""
         if self._error is None:
             with trio.move_on_after(_CLOSE_GRACE):
                 try:
                     if self.counting:
                         await self._link.send(f"<a xmlns='{ns.SM}' h='{self.sm.inbound}'/>".encode())
                     await self._link.send(STREAM_CLOSE)
+                    while not self._reading:  # a reading task would see the end itself
+                        await self._link.next_element()
                 except LinkLost:
-                    pass  # closing anyway
+                    pass  # the server's end of the stream, or closing anyway
         self._error = self._error or LinkLost("the stream was closed")
         await self._link.abort()
