@@ -43,6 +43,7 @@ rm -f "$TOP/SHA256SUMS" "$TOP/SYMLINKS"
 )
 # root-owned and not writable by others on the box, whoever builds it
 chmod -R go-w "$TOP"
-tar -C "$STAGE" --owner=0 --group=0 --numeric-owner --sort=name -cf "$OUT.part" "$RELEASE_ID"
+# --hard-dereference: hard links become plain files (upgrade accepts only files, directories, symlinks)
+tar -C "$STAGE" --owner=0 --group=0 --numeric-owner --sort=name --hard-dereference -cf "$OUT.part" "$RELEASE_ID"
 mv "$OUT.part" "$OUT"
 echo "$0: $OUT: release $RELEASE_ID, $(wc -l < "$TOP/SHA256SUMS") files, $(du -h "$OUT" | cut -f1)" >&2

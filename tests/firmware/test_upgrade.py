@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.firmware.vm import BOOT_PARTITION, VM, disk_copy
+from tests.firmware.vm import BOOT_PARTITION, VM, XMPP_HELLO, disk_copy
 from tests.harness import free_port
 from tests.slix import Client, run
 from tests.test_invites_xmpp import Invitee
@@ -111,7 +111,7 @@ def test_upgrade_keeps_the_data_and_a_broken_release_is_rolled_back(image_arm64:
     try:
         vm.start()
         invite = vm.wait_console(INVITE, timeout=600)
-        vm.wait_port(5222, timeout=300)
+        vm.wait_port(5222, timeout=300, hello=XMPP_HELLO)
         box = guest(vm, invite["domain"], tmp_path)
         owner = register_owner(box, invite["token"])
         vm.stop()
@@ -122,7 +122,7 @@ def test_upgrade_keeps_the_data_and_a_broken_release_is_rolled_back(image_arm64:
         switched = vm.wait_console(rf"appliance-upgrade: switched to release {re.escape(upgraded)} "
                                    r"\(previous: (?P<previous>\S+)\)", timeout=600)
         assert switched["previous"] not in ("none", upgraded)
-        vm.wait_port(5222, timeout=300)
+        vm.wait_port(5222, timeout=300, hello=XMPP_HELLO)
         assert roster_name(box, owner) == CONTACT_NAME
         vm.stop()
         assert "appliance-upgrade.tar.done" in boot_partition_files(disk)
@@ -132,7 +132,7 @@ def test_upgrade_keeps_the_data_and_a_broken_release_is_rolled_back(image_arm64:
         vm.wait_console(rf"switched to release {re.escape(broken)} \(previous: {re.escape(upgraded)}\)", timeout=600)
         vm.wait_console(rf"appliance-rollback: rolled back from release {re.escape(broken)} "
                         rf"to {re.escape(upgraded)}", timeout=600)
-        vm.wait_port(5222, timeout=300)
+        vm.wait_port(5222, timeout=300, hello=XMPP_HELLO)
         assert roster_name(box, owner) == CONTACT_NAME
     finally:
         vm.stop()
