@@ -52,7 +52,7 @@ copy_source() {
 build_host() {
   local src="$WORK/src-$MACHINE" python=/usr/bin/python3
   [ -x "$python" ] || { echo "$0: $python missing: apt-get install python3 python3-venv libpython3.11" >&2; exit 2; }
-  copy_source "$src" "$(release_id)"
+  copy_source "$src" "$RELEASE_ID"
   "$ROOT/scripts/binary/venv.sh" "$python" "$ROOT/build/venv-binary-$MACHINE" "$src"
   "$ROOT/scripts/binary/pyinstaller.sh" "$ROOT/build/venv-binary-$MACHINE" "$src" "$WORK/work-$MACHINE" "$OUT" \
     "${MODES[@]}"
@@ -62,7 +62,7 @@ build_host() {
 # (kept between builds), /build/out (the results, copied out).
 build_arm64() {
   "$ROOT/scripts/lib/binary-tree.sh" arm64 "$ARM64_TREE" "$ARM64_DEBS" >/dev/null
-  copy_source "$ARM64_TREE/build/src" "$(release_id)"
+  copy_source "$ARM64_TREE/build/src" "$RELEASE_ID"
   rm -rf "$ARM64_TREE/build/scripts" "$ARM64_TREE/build/out"
   cp -r "$ROOT/scripts/binary" "$ARM64_TREE/build/scripts"
   "$ROOT/scripts/lib/foreign-chroot.sh" "$ARM64_TREE" env PIP_ONLY_BINARY=:all: \
@@ -84,9 +84,14 @@ report() {
   local seconds=$1
   echo "appliance binary build report, $(date -u '+%Y-%m-%d %H:%M UTC'), built on $(uname -m) ($(nproc) cores)"
   echo "target: $MACHINE; built: ${MODES[*]}; build time: ${seconds} s"
-  [ -e "$OUT/appliance-onedir/RELEASE" ] && echo "release: $(cat "$OUT/appliance-onedir/RELEASE")"
-  [ -f "$OUT/appliance" ] && echo "onefile size: $(du -m --apparent-size "$OUT/appliance" | cut -f1) MB ($(stat -c %s "$OUT/appliance") bytes)"
-  [ -d "$OUT/appliance-onedir" ] && echo "onedir total: $(du -sm --apparent-size "$OUT/appliance-onedir" | cut -f1) MB"
+  echo "release: $RELEASE_ID"
+  for mode in "${MODES[@]}"; do
+    if [ "$mode" = onefile ]; then
+      echo "onefile size: $(du -m --apparent-size "$OUT/appliance" | cut -f1) MB ($(stat -c %s "$OUT/appliance") bytes)"
+    else
+      echo "onedir total: $(du -sm --apparent-size "$OUT/appliance-onedir" | cut -f1) MB"
+    fi
+  done
   if [ "$ARCH" = host ]; then
     for mode in "${MODES[@]}"; do
       local binary="$OUT/appliance"; [ "$mode" = onedir ] && binary="$OUT/appliance-onedir/appliance"
@@ -94,10 +99,13 @@ report() {
     done
   else
     # the onedir in the tree, run under qemu-user; the arm64 onefile has no separate start-up figure
-    [ -d "$ARM64_TREE/build/out/appliance-onedir" ] && echo "onedir under qemu-user (EMULATED on $(uname -m), not a Pi figure):" \
-      "$("$ROOT/scripts/binary/measure.py" --runs 3 --chroot "$ARM64_TREE" /build/out/appliance-onedir/appliance)"
+    if [[ " ${MODES[*]} " = *" onedir "* ]]; then
+      echo "onedir under qemu-user (EMULATED on $(uname -m), not a Pi figure):" \
+        "$("$ROOT/scripts/binary/measure.py" --runs 3 --chroot "$ARM64_TREE" /build/out/appliance-onedir/appliance)"
+    fi
   fi
 }
 
+RELEASE_ID=$(release_id)
 if [ "$ARCH" = host ]; then build_host; else build_arm64; fi
 report $(( $(date +%s) - started )) | tee "$OUT/build-report.txt"
