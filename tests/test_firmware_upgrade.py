@@ -2,8 +2,10 @@
 
 firmware/make-release.sh packs small releases whose `appliance` is a shell script printing its
 version (the scripts only need a program that runs); the scripts' paths and systemctl are redirected
-with APPLIANCE_OPT, APPLIANCE_UPGRADE_STATE and APPLIANCE_SYSTEMCTL. The stand-in systemctl is a
-real program that records its arguments and answers `show` with the ActiveState the test chose.
+with APPLIANCE_OPT, APPLIANCE_UPGRADE_STATE, APPLIANCE_DATA and APPLIANCE_SYSTEMCTL. The stand-in
+systemctl is a real program that records its arguments, answers `show` with the ActiveState the test
+chose and, on `stop`, runs the test's on-stop script (what the appliance writes as it stops). The
+database snapshot is checked on a stand-in database file: the scripts copy bytes, they never open it.
 tests/firmware/test_upgrade.py does the same on the booted image with real releases.
 """
 
@@ -23,7 +25,9 @@ SCRIPTS = ROOT / "firmware" / "rootfs" / "usr" / "lib" / "appliance"
 FAKE_SYSTEMCTL = """#!/bin/sh
 echo "$*" >> "$(dirname "$0")/systemctl.log"
 if [ "$1" = show ]; then cat "$(dirname "$0")/active-state"; fi
+if [ "$1" = stop ] && [ -f "$(dirname "$0")/on-stop" ]; then sh "$(dirname "$0")/on-stop"; fi
 """
+DATABASE = "appliance.sqlite3"
 
 
 class Box:
@@ -32,7 +36,9 @@ class Box:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.opt, self.state, self.bin = root / "opt", root / "state", root / "bin"
+        self.data = root / "data"
         self.bin.mkdir()
+        self.data.mkdir()
         systemctl = self.bin / "systemctl"
         systemctl.write_text(FAKE_SYSTEMCTL)
         systemctl.chmod(0o755)
@@ -40,7 +46,7 @@ class Box:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "APPLIANCE_OPT": str(self.opt), "APPLIANCE_UPGRADE_STATE": str(self.state),
-                "APPLIANCE_SYSTEMCTL": str(self.bin / "systemctl")}
+                "APPLIANCE_DATA": str(self.data), "APPLIANCE_SYSTEMCTL": str(self.bin / "systemctl")}
 
     def set_active_state(self, state: str) -> None:
         (self.bin / "active-state").write_text(state + "\n")
@@ -49,9 +55,21 @@ class Box:
         log = self.bin / "systemctl.log"
         return log.read_text().splitlines() if log.exists() else []
 
-    def run(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SCRIPTS / script), *args], env=self.env(), capture_output=True,
-                              text=True, timeout=60)
+    def run(self, script: str, *args: str, state_tmpfs: str = "") -> subprocess.CompletedProcess[str]:
+        """Run a script; with state_tmpfs (a size), its state directory is a tmpfs of that size, mounted
+        in a mount namespace of its own (a user namespace maps the caller to root)."""
+        command = [str(SCRIPTS / script), *args]
+        if state_tmpfs:
+            self.state.mkdir(exist_ok=True)
+            command = ["unshare", "--map-root-user", "--mount", "sh", "-c",
+                       f'mount -t tmpfs -o size={state_tmpfs} tmpfs "$0" && exec "$@"', str(self.state), *command]
+        return subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=60)
+
+    def on_stop(self, shell: str) -> None:
+        (self.bin / "on-stop").write_text(shell + "\n")
+
+    def database(self, name: str = DATABASE) -> Path:
+        return self.data / name
 
     def release(self, release_id: str, *, version_exit: int = 0, outward_link: bool = False) -> Path:
         """An upgrade tarball for `release_id` made by make-release.sh from a small onedir."""
@@ -230,3 +248,109 @@ def test_make_release_refuses_a_directory_without_a_program(tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a onedir build" in result.stderr
     assert not (tmp_path / "out.tar").exists()
+
+
+# The database snapshot: taken with the service stopped, dropped once the new release served, put back
+# when a release that never became ready is rolled back.
+
+def write_database(box: Box, content: bytes, *, wal: bytes | None = None) -> None:
+    box.database().write_bytes(content)
+    box.database().chmod(0o600)
+    if wal is not None:
+        box.database(DATABASE + "-wal").write_bytes(wal)
+
+
+def test_upgrade_stops_the_service_snapshots_the_database_and_marks_the_release_pending(box: Box) -> None:
+    installed(box, "1.0")
+    write_database(box, b"schema 5: the family's chats", wal=b"frames of the last commits")
+    owner = 4242 if os.geteuid() == 0 else os.getuid()   # root keeps another owner: shows cp -p
+    os.chown(box.database(), owner, -1)
+    box.on_stop(f"printf ' +checkpointed at stop' >> '{box.database()}'")
+    result = box.run("upgrade", str(box.release("2.0")))
+    assert result.returncode == 0, result.stderr
+    snapshot = box.state / "snapshot"
+    # taken after the stop: it holds what the appliance wrote as it stopped
+    assert (snapshot / DATABASE).read_bytes() == b"schema 5: the family's chats +checkpointed at stop"
+    assert (snapshot / (DATABASE + "-wal")).read_bytes() == b"frames of the last commits"
+    assert not (snapshot / (DATABASE + "-shm")).exists()
+    copied = (snapshot / DATABASE).stat()
+    assert (copied.st_mode & 0o777, copied.st_uid) == (0o600, owner)
+    assert (box.state / "pending").read_text() == "2.0\n"
+    assert box.systemctl_calls()[-3:] == ["stop appliance.service", "reset-failed appliance.service",
+                                          "restart appliance.service"]
+    assert f"saved the database ({DATABASE} {DATABASE}-wal) to {snapshot}" in result.stdout
+    assert box.link("current") == "2.0"
+
+
+def test_confirm_clears_the_snapshot_of_the_running_release_only(box: Box) -> None:
+    assert box.run("upgrade", "--confirm").returncode == 0   # nothing pending (and no state directory)
+    installed(box, "1.0")
+    write_database(box, b"schema 5")
+    installed(box, "2.0")
+    (box.state / "pending").write_text("3.0\n")   # e.g. an upgrade that was not switched to
+    result = box.run("upgrade", "--confirm")
+    assert result.returncode == 0
+    assert "the pending upgrade is to release 3.0, not to the running 2.0: left as it is" in result.stdout
+    assert (box.state / "pending").exists() and (box.state / "snapshot" / DATABASE).exists()
+
+    (box.state / "pending").write_text("2.0\n")
+    result = box.run("upgrade", "--confirm")
+    assert result.returncode == 0
+    assert "release 2.0 serves: upgrade confirmed" in result.stdout
+    assert not (box.state / "pending").exists() and not (box.state / "snapshot").exists()
+    assert box.database().read_bytes() == b"schema 5"
+
+
+def test_rollback_of_a_release_that_never_became_ready_restores_the_database_first(box: Box) -> None:
+    installed(box, "1.0")
+    write_database(box, b"schema 5: before the upgrade")
+    before = box.database().stat()
+    installed(box, "2.0")
+    # the failing release migrated the database, then died before READY=1 (nothing confirmed it)
+    write_database(box, b"schema 6: migrated by 2.0", wal=b"2.0's frames")
+    box.database(DATABASE + "-shm").write_bytes(b"2.0's index")
+    result = box.run("rollback")
+    assert result.returncode == 0, result.stderr
+    assert box.database().read_bytes() == b"schema 5: before the upgrade"
+    restored = box.database().stat()
+    assert (restored.st_mode & 0o777, restored.st_uid) == (0o600, before.st_uid)
+    assert not box.database(DATABASE + "-wal").exists() and not box.database(DATABASE + "-shm").exists()
+    assert [p.name for p in box.data.iterdir()] == [DATABASE]   # no temporary copies left
+    restored_at = result.stdout.index("restored the database from before the upgrade to release 2.0")
+    assert restored_at < result.stdout.index("switched to release 1.0")
+    assert not (box.state / "pending").exists() and not (box.state / "snapshot").exists()
+    assert (box.link("current"), box.link("previous")) == ("1.0", "2.0")
+
+
+def test_rollback_of_a_release_that_had_served_keeps_the_database(box: Box) -> None:
+    installed(box, "1.0")
+    write_database(box, b"schema 5")
+    installed(box, "2.0")
+    assert box.run("upgrade", "--confirm").returncode == 0
+    write_database(box, b"schema 6 and a message accepted by 2.0", wal=b"more accepted messages")
+    result = box.run("rollback")
+    assert result.returncode == 0, result.stderr
+    assert box.database().read_bytes() == b"schema 6 and a message accepted by 2.0"
+    assert box.database(DATABASE + "-wal").read_bytes() == b"more accepted messages"
+    assert "release 2.0 had served (its upgrade was confirmed), so the database is kept as it is" in result.stdout
+    assert "'has schema version N, but this appliance knows only up to M'" in result.stdout
+    assert box.link("current") == "1.0"
+
+
+def test_upgrade_is_refused_when_the_snapshot_would_not_fit(box: Box) -> None:
+    installed(box, "1.0")
+    calls = len(box.systemctl_calls())
+    with box.database().open("wb") as database:
+        database.truncate(24 * 1024 * 1024)          # sparse: takes no space in tmp_path
+    result = box.run("upgrade", str(box.release("2.0")), state_tmpfs="32m")
+    assert result.returncode == 1
+    assert ("not enough free space in " + str(box.state) + " for the database snapshot: it needs 40 MiB"
+            in result.stderr)
+    assert "32 MiB are free; nothing was switched" in result.stderr
+    assert box.link("current") == "1.0" and box.releases() == ["1.0"]
+    assert len(box.systemctl_calls()) == calls       # the appliance was not stopped
+
+    write_database(box, b"small")                    # the same tmpfs holds a small database's snapshot
+    result = box.run("upgrade", str(box.release("3.0")), state_tmpfs="32m")
+    assert result.returncode == 0, result.stderr
+    assert f"saved the database ({DATABASE}) to {box.state}/snapshot" in result.stdout
