@@ -38,8 +38,8 @@ release_id() {
   echo "$version-$(date -u +%Y%m%d%H%M%S)-$sha"
 }
 
-# A copy of the source (what `git ls-files` would install, plus uncommitted edits), with the
-# release id as RELEASE and as appliance/_release.py, which `appliance --version` prints.
+# A copy of the working tree's source (uncommitted and untracked files in appliance/ included), with
+# the release id as RELEASE and as appliance/_release.py, which `appliance --version` prints.
 copy_source() {
   local dest=$1 release=$2
   rm -rf "$dest"; mkdir -p "$dest"

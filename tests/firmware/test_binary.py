@@ -170,7 +170,11 @@ def test_onefile_serves_a_login_in_a_tree_without_python(onefile_x86_64: Path, n
         run(exchange_a_message(server))
     finally:
         server.proc.send_signal(signal.SIGTERM)
-        out, _ = server.proc.communicate(timeout=30)
+        try:
+            out, _ = server.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            raise
     # a fresh data directory without accounts: the administrator invite went to stdout
     assert f"xmpp:{DOMAIN}?register;preauth=" in out.decode(), log.read_text()
 
