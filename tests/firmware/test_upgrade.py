@@ -5,11 +5,13 @@ One copy of the image is booted three times (each boot is a minute or two of emu
    entry (data that must survive);
 2. a release with another id (the same arm64 build, packed by firmware/make-release.sh) is put on the
    FAT partition as appliance-upgrade.tar (mcopy, no mount): the boot installs it before the
-   appliance starts, and the account logs in with its data;
+   appliance starts (after a snapshot of the database), the new release confirms once it serves
+   (the snapshot is deleted), and the account logs in with its data;
 3. a broken release (its `appliance` answers --version but exits 1 for `serve`; one that fails
    --version too is refused before the switch, tests/test_firmware_upgrade.py shows that) is
    installed the same way: the service fails until its start limit, appliance-rollback.service
-   switches back, and the account logs in again with its data.
+   puts the snapshot back (the release never became ready) and switches back, and the account logs
+   in again with its data.
 """
 
 from __future__ import annotations
@@ -122,7 +124,12 @@ def test_upgrade_keeps_the_data_and_a_broken_release_is_rolled_back(image_arm64:
         switched = vm.wait_console(rf"appliance-upgrade: switched to release {re.escape(upgraded)} "
                                    r"\(previous: (?P<previous>\S+)\)", timeout=600)
         assert switched["previous"] not in ("none", upgraded)
+        console = vm.console()
+        assert re.search(r"appliance-upgrade: saved the database \(appliance\.sqlite3[^)]*\) to "
+                         rf"/var/lib/appliance-upgrade/snapshot before switching to release {re.escape(upgraded)}",
+                         console[:console.index(switched[0])]), "no snapshot before the switch"
         vm.wait_port(5222, timeout=300, hello=XMPP_HELLO)
+        vm.wait_console(rf"appliance-upgrade: release {re.escape(upgraded)} serves: upgrade confirmed", timeout=120)
         assert roster_name(box, owner) == CONTACT_NAME
         vm.stop()
         assert "appliance-upgrade.tar.done" in boot_partition_files(disk)
@@ -130,6 +137,8 @@ def test_upgrade_keeps_the_data_and_a_broken_release_is_rolled_back(image_arm64:
         drop_on_boot_partition(disk, release_tarball(onedir_aarch64, broken, tmp_path, broken=True))
         vm.start()
         vm.wait_console(rf"switched to release {re.escape(broken)} \(previous: {re.escape(upgraded)}\)", timeout=600)
+        vm.wait_console(rf"appliance-rollback: restored the database from before the upgrade to release "
+                        rf"{re.escape(broken)}", timeout=600)
         vm.wait_console(rf"appliance-rollback: rolled back from release {re.escape(broken)} "
                         rf"to {re.escape(upgraded)}", timeout=600)
         vm.wait_port(5222, timeout=300, hello=XMPP_HELLO)
