@@ -2,7 +2,7 @@
 # make-tree.sh: print the path of a tarball holding the image's Debian arm64 root tree (debootstrap +
 # kernel + Pi firmware + the appliance user: firmware/lib/tree-inside.sh), building it if it is not
 # in build/cache yet. The cache key is a hash of the package list and of the files that decide what
-# is in the tree (debootstrap.sh, tree-inside.sh, the image's fstab, this script), so editing any of
+# is in the tree (debootstrap.sh, tree-inside.sh and this script), so editing any of
 # them builds a new tree; foreign-chroot.sh only runs commands and is left out. A cold build takes
 # several minutes (everything runs under qemu-user); a hit costs nothing. Progress goes to stderr;
 # stdout is the tarball's path.
@@ -10,8 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PACKAGES=systemd-sysv,udev,kmod,iproute2,wpasupplicant,ca-certificates
 CACHE="$ROOT/build/cache"
-FSTAB="$ROOT/firmware/rootfs/etc/fstab"
-key=$( { echo "$PACKAGES"; cat "$ROOT/scripts/lib/debootstrap.sh" "$ROOT/firmware/lib/tree-inside.sh" "$FSTAB" "$0"; } \
+key=$( { echo "$PACKAGES"; cat "$ROOT/scripts/lib/debootstrap.sh" "$ROOT/firmware/lib/tree-inside.sh" "$0"; } \
   | sha256sum | cut -c1-16)
 TAR="$CACHE/image-tree-arm64-$key.tar"
 if [ -e "$TAR" ]; then
@@ -23,8 +22,6 @@ mkdir -p "$CACHE"
 WORK="$CACHE/image-tree-arm64.work"
 "$ROOT/scripts/lib/debootstrap.sh" arm64 "$WORK" "$PACKAGES" >&2
 cp "$ROOT/firmware/lib/tree-inside.sh" "$WORK/tmp/tree-inside.sh"
-# the image's fstab before the kernel: the initramfs takes fsck for the file systems it names
-cp "$FSTAB" "$WORK/etc/fstab"
 "$ROOT/scripts/lib/foreign-chroot.sh" "$WORK" /bin/sh /tmp/tree-inside.sh >&2
 rm -f "$WORK/tmp/tree-inside.sh" "$WORK/etc/resolv.conf"
 tar -C "$WORK" --numeric-owner --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' \

@@ -34,7 +34,8 @@ sdhci_iproc
 sdhci_pltfm
 bcm2835
 X
-printf 'MODULES=list\n' > /etc/initramfs-tools/conf.d/appliance.conf
+# FSTYPE: the root file system cannot be probed in a chroot; without it the initramfs has no fsck
+printf 'MODULES=list\nFSTYPE=ext4\n' > /etc/initramfs-tools/conf.d/appliance.conf
 
 # raspi-firmware's kernel hook copies the kernel, initrd and DTBs to /boot/firmware and rewrites
 # config.txt/cmdline.txt from /etc/default/raspi-firmware on every kernel upgrade; these settings make
