@@ -24,7 +24,7 @@ from appliance.client.stream import Account, ClientStream
 from appliance.pairing.invites import parse_uri
 from appliance.proto import forms, ns
 from appliance.proto.stanza import Element, make, sub
-from tests.firmware.vm import VM, XMPP_HELLO, disk_copy
+from tests.firmware.vm import VM, XMPP_HELLO, debugfs, disk_copy, partitions, root_filesystem
 from tests.harness import free_port
 
 MAC = "52:54:00:12:ab:cd"               # the first boot names the box after its last 4 hex digits
@@ -105,6 +105,36 @@ async def after_power_cut(anna: Account, bob: Account) -> None:
     await admin.aclose()
 
 
+def owners_and_modes(root: Path, directory: str) -> dict[str, tuple[str, str]]:
+    """{name: (octal mode, owner uid)} of a directory on a root file system copy."""
+    entries = {}
+    for line in debugfs(root, f"ls -l {directory}").splitlines():
+        fields = line.split()
+        if len(fields) >= 9:
+            entries[fields[-1]] = (fields[1], fields[3])
+    return entries
+
+
+def assert_left_by_first_boot_and_the_unit(disk: Path, image: Path, scratch: Path) -> None:
+    """Read back from the stopped disk what the first boot and appliance.service left: hostname,
+    a machine-id of its own (the image's is empty) naming the persistent journal, the root
+    partition grown, and the data written by the `appliance` user with UMask=0077."""
+    assert debugfs(image, "cat /etc/machine-id", offset=partitions(image)[1]["start"] * 512) == ""
+    assert partitions(disk)[1]["size"] > partitions(image)[1]["size"]
+    root = root_filesystem(disk, scratch)
+    assert debugfs(root, "cat /etc/hostname").strip() == HOSTNAME
+    machine_id = debugfs(root, "cat /etc/machine-id").strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id)
+    assert machine_id in debugfs(root, "ls /var/log/journal")
+    uid = next(line.split(":")[2] for line in debugfs(root, "cat /etc/passwd").splitlines()
+               if line.startswith("appliance:"))
+    assert int(uid) < 1000
+    data = owners_and_modes(root, "/var/lib/appliance")
+    assert data["."] == ("40750", uid)
+    assert data["appliance.sqlite3"] == ("100600", uid)
+    assert data["tls"] == ("40700", uid)
+
+
 def boot_until_ready(vm: VM) -> float:
     """Start the VM and wait for the XMPP port; seconds from qemu start to it answering."""
     vm.start()
@@ -132,6 +162,8 @@ def test_image_boots_pairs_and_keeps_an_offline_message_across_a_power_cut(image
         console = vm.console()
         assert "appliance-firstboot" not in console        # ran once, on the first boot
         assert not INVITE.search(console)                  # accounts exist: no first-start invite
+        vm.stop()
+        assert_left_by_first_boot_and_the_unit(disk, image_arm64, tmp_path)
         print(f"\nqemu start -> XMPP port: {ready:.0f} s; -> first login: "
               f"{first_login:.0f} s; second boot -> XMPP port: {again:.0f} s")
     finally:

@@ -14,6 +14,7 @@ host forwards (`forwards={guest_port: host_port}`; the guest reaches nothing), o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -51,6 +52,33 @@ def boot_files(disk: Path, directory: Path) -> tuple[Path, Path]:
 # An XMPP stream header: any server answers it (with its own header, or a stream error)
 XMPP_HELLO = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
               b"xmlns:stream='http://etherx.jabber.org/streams' to='probe.invalid' version='1.0'>")
+
+
+def partitions(disk: Path) -> list[dict]:
+    """The disk's partition table as sfdisk reads it: [{"start": sector, "size": sectors, ...}]."""
+    table = subprocess.run(["sfdisk", "-J", str(disk)], check=True, capture_output=True, text=True).stdout
+    return json.loads(table)["partitiontable"]["partitions"]
+
+
+def root_filesystem(disk: Path, directory: Path) -> Path:
+    """A copy of the stopped VM's root file system with its ext4 journal replayed (as the next
+    boot would: after a power cut, recent writes are only in the journal), for `debugfs`."""
+    root = partitions(disk)[1]
+    copy = directory / f"{disk.stem}-root.ext4"
+    subprocess.run(["dd", f"if={disk}", f"of={copy}", "bs=1M", "conv=sparse", "status=none",
+                    "iflag=skip_bytes,count_bytes", f"skip={root['start'] * 512}", f"count={root['size'] * 512}"],
+                   check=True)
+    replay = subprocess.run(["e2fsck", "-E", "journal_only", "-y", str(copy)], capture_output=True, text=True)
+    if replay.returncode not in (0, 1):  # 1: "errors corrected", here the journal replayed
+        raise VMError(f"e2fsck could not replay the journal of {disk}: {replay.stdout}{replay.stderr}")
+    return copy
+
+
+def debugfs(filesystem: Path, request: str, offset: int = 0) -> str:
+    """Run one read-only debugfs request (e.g. "cat /etc/hostname", "ls -l /var/lib") on an ext4
+    file system: a `root_filesystem` copy, or a disk image and its partition's byte offset."""
+    return subprocess.run(["debugfs", "-R", request, f"{filesystem}?offset={offset}"], check=True,
+                          capture_output=True, text=True).stdout
 
 
 def port_open(host: str, port: int, hello: bytes | None = None, settle: float = 3.0) -> bool:
