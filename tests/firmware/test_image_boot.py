@@ -8,7 +8,8 @@ command, XEP-0401), the two exchange messages, and the first sends one more whil
 offline (the answer to a ping sent after it means the server has stored it, as in
 tests/test_durability.py). Then qemu is killed and the same disk booted again: both accounts log
 in and the second gets the offline message. The disk copy is 1 GiB larger than the image, so the
-first boot must grow the root file system."""
+first boot must grow the root file system, and carries a wifi.txt on its boot partition. What the
+boots left on the disk is read back at the end, with the VM stopped."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from appliance.client.stream import Account, ClientStream
 from appliance.pairing.invites import parse_uri
 from appliance.proto import forms, ns
 from appliance.proto.stanza import Element, make, sub
-from tests.firmware.vm import VM, XMPP_HELLO, debugfs, disk_copy, partitions, root_filesystem
+from tests.firmware.vm import BOOT_PARTITION, VM, XMPP_HELLO, debugfs, disk_copy, partitions, root_filesystem
 from tests.harness import free_port
 
 MAC = "52:54:00:12:ab:cd"               # the first boot names the box after its last 4 hex digits
@@ -105,6 +106,32 @@ async def after_power_cut(anna: Account, bob: Account) -> None:
     await admin.aclose()
 
 
+WIFI_TXT = "ssid=Test Net\r\npsk=not a real passphrase\r\ncountry=de\r\n"
+
+
+def put_wifi_txt(disk: Path, scratch: Path) -> None:
+    """wifi.txt on the boot partition, as a user would drop it there from a Windows PC."""
+    source = scratch / "wifi.txt"
+    source.write_bytes(WIFI_TXT.encode())
+    subprocess.run(["mcopy", "-i", f"{disk}{BOOT_PARTITION}", str(source), "::/wifi.txt"], check=True)
+
+
+def boot_partition_file(disk: Path, name: str) -> str | None:
+    result = subprocess.run(["mtype", "-i", f"{disk}{BOOT_PARTITION}", f"::/{name}"], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def assert_wifi_applied(disk: Path, root: Path) -> None:
+    """appliance-wifi.service turned wifi.txt into wpa_supplicant's configuration (root only) and
+    left wifi.txt.applied without the passphrase."""
+    assert boot_partition_file(disk, "wifi.txt") is None
+    applied = boot_partition_file(disk, "wifi.txt.applied")
+    assert applied is not None and "ssid=Test Net" in applied and "not a real passphrase" not in applied
+    assert owners_and_modes(root, "/etc/wpa_supplicant")["wpa_supplicant-wlan0.conf"] == ("100600", "0")
+    conf = debugfs(root, "cat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf")
+    assert 'psk="not a real passphrase"' in conf and "country=DE" in conf
+
+
 def owners_and_modes(root: Path, directory: str) -> dict[str, tuple[str, str]]:
     """{name: (octal mode, owner uid)} of a directory on a root file system copy."""
     entries = {}
@@ -118,7 +145,7 @@ def owners_and_modes(root: Path, directory: str) -> dict[str, tuple[str, str]]:
 def assert_left_by_first_boot_and_the_unit(disk: Path, image: Path, scratch: Path) -> None:
     """Read back from the stopped disk what the first boot and appliance.service left: hostname,
     a machine-id of its own (the image's is empty) naming the persistent journal, the root
-    partition grown, and the data written by the `appliance` user with UMask=0077."""
+    partition grown, the data written by the `appliance` user with UMask=0077, and Wi-Fi."""
     assert debugfs(image, "cat /etc/machine-id", offset=partitions(image)[1]["start"] * 512) == ""
     assert partitions(disk)[1]["size"] > partitions(image)[1]["size"]
     root = root_filesystem(disk, scratch)
@@ -133,6 +160,7 @@ def assert_left_by_first_boot_and_the_unit(disk: Path, image: Path, scratch: Pat
     assert data["."] == ("40750", uid)
     assert data["appliance.sqlite3"] == ("100600", uid)
     assert data["tls"] == ("40700", uid)
+    assert_wifi_applied(disk, root)
 
 
 def boot_until_ready(vm: VM) -> float:
@@ -145,6 +173,7 @@ def boot_until_ready(vm: VM) -> float:
 def test_image_boots_pairs_and_keeps_an_offline_message_across_a_power_cut(image_arm64: Path, tmp_path: Path) -> None:
     disk = disk_copy(image_arm64, tmp_path)
     subprocess.run(["truncate", "-s", "+1G", str(disk)], check=True)
+    put_wifi_txt(disk, tmp_path)
     port = free_port()
     vm = VM(disk, tmp_path, forwards={5222: port}, mac=MAC)
     try:
@@ -153,6 +182,8 @@ def test_image_boots_pairs_and_keeps_an_offline_message_across_a_power_cut(image
         assert parse_uri(uri).jid == f"{HOSTNAME}.local"
         assert f"appliance-firstboot: hostname {HOSTNAME}" in vm.console()
         assert re.search(r"appliance-firstboot: root file system grown to \d+ MiB", vm.console())
+        assert "Wi-Fi network 'Test Net' configured" in vm.console()
+        assert "net-devices-wlan0" not in vm.console()     # no boot job waits for a Wi-Fi device
         anna, bob, first_login = trio.run(first_boot_session, uri, port, tmp_path, vm)
         assert anna.jid == f"anna@{HOSTNAME}.local" and bob.jid == f"bob@{HOSTNAME}.local"
         vm.stop()                                          # the power cut
