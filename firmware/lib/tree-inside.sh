@@ -49,14 +49,9 @@ X
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold \
   linux-image-arm64 firmware-brcm80211 wireless-regdb systemd-timesyncd
-if apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold raspi-firmware; then
-  echo "tree-inside: raspi-firmware installed as a package" > /etc/appliance-raspi-firmware
-else
-  # its kernel hooks failed here: keep only its files (the GPU firmware), unpacked
-  dpkg --purge --force-all raspi-firmware || true
-  cd /tmp && apt-get download raspi-firmware && dpkg-deb -x raspi-firmware_*.deb / && rm -f raspi-firmware_*.deb
-  echo "tree-inside: raspi-firmware unpacked with dpkg-deb -x (its hooks failed)" > /etc/appliance-raspi-firmware
-fi
+# The Pi's GPU firmware. Its kernel hooks run fine here (they skip their mount check in a container)
+# and copy the kernel, initrd and DTBs to /boot/firmware, which build-image.sh moves to the FAT partition.
+apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold raspi-firmware
 
 # Wi-Fi runs as wpa_supplicant@wlan0 (appliance-wifi.service); the D-Bus variant would fail (no D-Bus)
 systemctl disable wpa_supplicant.service
