@@ -69,7 +69,6 @@ async def run(config: Config, *, handle_signals: bool = True,
                                    certs.fingerprint_sha256(config.cert_path), http_url)
             log.info("serving %s (database %s)", config.domain, config.database_path)
             task_status.started(Running(server, ports, tls_ports, stop))
-            _tell_systemd_ready(nursery, config)
             await stop.wait()
             log.info("shutting down: closing %d sessions", len(server.sessions))
             sdnotify.notify("STOPPING=1")
@@ -78,14 +77,6 @@ async def run(config: Config, *, handle_signals: bool = True,
     finally:
         db.close()
         log.info("stopped; database closed cleanly")
-
-
-def _tell_systemd_ready(nursery: trio.Nursery, config: Config) -> None:
-    """Under systemd (the image's Type=notify unit): ready once every listener accepts, and the
-    watchdog petted from this event loop for as long as it runs."""
-    sdnotify.notify(f"READY=1\nSTATUS=serving {config.domain}")
-    if (interval := sdnotify.watchdog_interval()) is not None:
-        nursery.start_soon(sdnotify.pet_watchdog, interval)
 
 
 def stats(server: Server) -> dict[str, int]:

@@ -47,6 +47,8 @@ def test_ready_after_the_listeners_then_watchdog_then_stopping(tmp_path: Path, s
     try:
         messages = received(sock, 1.5)
         assert messages[0] == f"READY=1\nSTATUS=serving {server.domain}"
+        # ready only once the first-start invite is out (a console login prompt waits for it)
+        assert "No account exists yet" in server.log_text()
         # every 0.15 s (half of WATCHDOG_USEC) while the event loop runs
         assert 5 <= messages.count("WATCHDOG=1") <= 12, messages
     finally:

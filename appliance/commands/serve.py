@@ -11,7 +11,7 @@ import trio
 from appliance import app
 from appliance.commands import load_config
 from appliance.config import Config
-from appliance.net import certs
+from appliance.net import certs, sdnotify
 from appliance.pairing import first_start
 
 
@@ -33,3 +33,13 @@ async def _serve(config: Config) -> None:
     async with trio.open_nursery() as nursery:
         running = await nursery.start(app.run, config)
         await first_start.announce(running.server, certs.fingerprint_sha256(config.cert_path))
+        _tell_systemd_ready(nursery, config, running.stop)
+
+
+def _tell_systemd_ready(nursery: trio.Nursery, config: Config, stopping: trio.Event) -> None:
+    """Under systemd (the image's Type=notify unit): ready once every listener accepts and the
+    first-start invite is out (units ordered after this one, e.g. a console login prompt, come after
+    it), then the watchdog petted from this event loop until the server stops."""
+    sdnotify.notify(f"READY=1\nSTATUS=serving {config.domain}")
+    if (interval := sdnotify.watchdog_interval()) is not None:
+        nursery.start_soon(sdnotify.pet_watchdog, interval, stopping)

@@ -54,8 +54,10 @@ def watchdog_interval() -> float | None:
         return None
 
 
-async def pet_watchdog(interval: float) -> None:
-    """Runs in the root nursery: it only gets to run while the event loop does."""
-    while True:
+async def pet_watchdog(interval: float, until: trio.Event) -> None:
+    """WATCHDOG=1 every `interval` until `until` is set (the server is stopping: systemd's stop
+    timeout takes over). A task of the event loop: it only gets to run while the loop does."""
+    while not until.is_set():
         notify("WATCHDOG=1")
-        await trio.sleep(interval)
+        with trio.move_on_after(interval):
+            await until.wait()
