@@ -20,9 +20,13 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # scripts/: benchlib (stdlib only here)
+from benchlib import procstat  # noqa: E402
 
 FOREIGN_CHROOT = Path(__file__).resolve().parents[1] / "lib" / "foreign-chroot.sh"
 DOMAIN = "binary.test"
@@ -60,13 +64,9 @@ def answers_stream(port: int) -> bool:
 
 
 def rss_kib(pid: int) -> int:
-    """VmRSS of `pid` and its descendants."""
-    total = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            total += int(line.split()[1])
+    """VmRSS of `pid` and its descendants (a onefile's bootloader and its Python process)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return total + sum(rss_kib(int(child)) for child in children)
+    return procstat.sample(pid).rss // 1024 + sum(rss_kib(int(child)) for child in children)
 
 
 def one_start(command: list[str], data: Path, data_seen: str, idle_after: float | None) -> tuple[float, int | None]:
