@@ -19,9 +19,20 @@ PASSWORD = "correct horse battery"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: the sockets stay bound until all are chosen (two free_port()
+    calls in a row can get the same port back, and a server then fails to bind its second one)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
@@ -63,7 +74,7 @@ class ServerProcess:
 
     def write_config(self) -> Path:
         if not self.port:  # a restart keeps its ports, so clients can reconnect
-            self.port, self.tls_port = free_port(), free_port()
+            self.port, self.tls_port = free_ports(2)
         lines = [f'domain = "{self.domain}"', f'data_dir = "{self.data}"',
                  f"listen = {_toml(self.settings.get('listen', [self.host]))}",
                  f"c2s_port = {self.port}", f"c2s_tls_port = {self.tls_port}", 'log_level = "DEBUG"',
