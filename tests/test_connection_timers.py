@@ -138,21 +138,27 @@ def test_a_silent_client_gets_its_parser_released_and_rebuilt_transparently(fres
 # The server with socket writes that fail once, for the first write that carries FAIL-ONCE.
 _FAILING_WRITE = "\n".join([
     "import sys, trio, appliance.net.transport as transport",
-    "original, failed = transport.Transport.send_all, []",
-    "async def send_all(self, data):",
+    "original, original_now, failed = transport.Transport.send_all, transport.Transport.send_now, []",
+    "def fail_once(data):",
     "    if b'FAIL-ONCE' in bytes(data) and not failed:",
     "        failed.append(1)",
     "        raise trio.BrokenResourceError('a write failed (test)')",
+    "async def send_all(self, data):",
+    "    fail_once(data)",
     "    await original(self, data)",
-    "transport.Transport.send_all = send_all",
+    "def send_now(self, data):",
+    "    fail_once(data)",
+    "    return original_now(self, data)",
+    "transport.Transport.send_all, transport.Transport.send_now = send_all, send_now",
     "from appliance.cli import main",
     "raise SystemExit(main(sys.argv[1:]))",
 ])
 
 
 def test_a_failed_write_ends_the_connection_and_the_session_hibernates(fresh_server: ServerProcess) -> None:
-    """The writer runs outside the connection's reader: its failure must still end the connection
-    as a lost link (hibernation, nothing lost), not go unnoticed or take anything else down."""
+    """A connection is written from other tasks (the sender's reader, or a writer task), not its
+    own reader: a failed write must still end it as a lost link (hibernation, nothing lost), not
+    go unnoticed or take the sender's connection down."""
     fresh_server.python_args = ["-c", _FAILING_WRITE]
     server = fresh_server.start()
     server.add_user("writer")

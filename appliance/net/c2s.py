@@ -54,6 +54,10 @@ class C2SService:
         self.per_address: Counter[str] = Counter()
         self.connections: set[Connection] = set()
         self.hibernation = sm.Hibernation(server)
+        # Writes made while a reader routes a stanza wait for the end of that stanza, then go out
+        # together from that task (one TLS record and send per connection, not one per push).
+        self.deferring: set[trio.lowlevel.Task] = set()
+        self.dirty: list[Connection] = []
         self._trim_pending = False
         self._last_trim = -math.inf
         server.add_stream_feature(sm.stream_feature)
@@ -85,6 +89,13 @@ class C2SService:
         started = time.perf_counter()
         await trio.to_thread.run_sync(_malloc_trim)  # the event loop goes on meanwhile
         log.debug("gave freed memory back to the system in %.1f ms", (time.perf_counter() - started) * 1000)
+
+    def flush_dirty(self) -> None:
+        """Write what the deferred pushes queued (see Connection._write_soon)."""
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for connection in dirty:
+                connection.write_now()
 
     async def listen(self, port: int, *, direct_tls: bool,
                      task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -225,6 +236,7 @@ class Connection:
         self.outbox = _Outbox(self.server.config.limits.outbox_stanzas)
         self._serving = False                      # bound and not closing: writers may start
         self._writing = False                      # a writer task is draining the outbox
+        self._dirty = False                        # in service.dirty: a deferred write is due
         self._writer_scope: trio.CancelScope | None = None  # the running writer's
         self._write_error: Exception | None = None  # what ended the writer, for the reader to raise
         self._drained: trio.Event | None = None    # set when the writer stops, once the stream closes
@@ -488,6 +500,8 @@ class Connection:
         return True
 
     async def _push_wait(self, item: bytes | Element) -> bool:
+        if len(self.outbox.items) >= self.outbox.limit:
+            self.service.flush_dirty()  # a deferred write may be what would make room
         if not await self.outbox.put_wait(item):
             return False
         self._write_soon()
@@ -535,7 +549,7 @@ class Connection:
                     await self._push_wait(pending)
                 for event in events:
                     if isinstance(event, c2s.StanzaIn):
-                        await self.server.route(event.stanza, self.session, writes=writes)
+                        await self._route(event.stanza, writes)
                         routed += 1
                         continue
                     await self._handled(writes, routed)
@@ -565,6 +579,16 @@ class Connection:
                 await self._handled(writes, routed)
             self._routing.set()
             self._routing = None
+
+    async def _route(self, stanza: Element, writes: list[PendingWrite]) -> None:
+        """Route one stanza, deferring the writes it causes to its end (see _write_soon)."""
+        service, task = self.service, trio.lowlevel.current_task()
+        service.deferring.add(task)
+        try:
+            await self.server.route(stanza, self.session, writes=writes)
+        finally:
+            service.deferring.discard(task)
+            service.flush_dirty()
 
     async def counted(self) -> None:
         """Wait (boundedly) until the stanzas this connection's reader is handling are counted: a
@@ -688,17 +712,51 @@ class Connection:
         # <r/> and <a/> without stream management: nothing to count or settle, ignored (see proto.c2s)
 
     def _write_soon(self) -> None:
-        """Start a writer if the outbox holds something and none runs: an idle connection has none.
-        It runs in the service's nursery (a nursery per connection would cost every idle one), so
-        it hands its failure to the reader, and the reader waits for it before going."""
-        if self.outbox.items and not self._writing and self._serving and self.service.nursery is not None:
-            self._writing = True
-            self._writer_scope = trio.CancelScope()
-            self.service.nursery.start_soon(self._write_loop)
+        """Write what the outbox holds: at once from the calling task when the socket has room
+        (a write that would wait, and one before stream management counts, goes to a writer task);
+        deferred to the end of the stanza when the caller is a reader routing one. A writer task
+        runs in the service's nursery (a nursery per connection would cost every idle one), so it
+        hands its failure to the reader, and the reader waits for it before going."""
+        if not self.outbox.items or self._writing or not self._serving or self.service.nursery is None:
+            return
+        service = self.service
+        if service.deferring and trio.lowlevel.current_task() in service.deferring:
+            if not self._dirty:
+                self._dirty = True
+                service.dirty.append(self)
+            return
+        self.write_now()
+
+    def write_now(self) -> None:
+        self._dirty = False
+        if not self.outbox.items or self._writing or not self._serving or self.service.nursery is None:
+            return
+        session = self.session
+        if session is None or session.sm is None or not session.sm.counting:
+            self._start_writer()  # uncounted stanzas: the writer hands them back if the link fails
+            return
+        try:
+            data, _ = self._compose(session, self.outbox.take(WRITE_BATCH))
+            done = self.transport.send_now(data)
+        except Exception as error:  # a lost link, or a bug: the reader raises it, as a writer's
+            self._write_error = error
+            self.reader_scope.cancel()
+            return
+        self._arm_ack_check()
+        if not done or self.outbox.items:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        assert self.service.nursery is not None
+        self._writing = True
+        self._writer_scope = trio.CancelScope()
+        self.service.nursery.start_soon(self._write_loop)
 
     async def _write_loop(self) -> None:
         try:
             with self._writer_scope:
+                if self.transport.has_unsent:
+                    await self.stream.send_all(b"")
                 while self.outbox.items:
                     await self._write_batch(self.outbox.take(WRITE_BATCH))
         except Exception as error:  # a lost link, or a bug: the reader raises it (CONNECTION_LOST, ...)
@@ -713,6 +771,19 @@ class Connection:
     async def _write_batch(self, batch: list[bytes | Element]) -> None:
         session = self.session
         assert session is not None
+        data, uncounted = self._compose(session, batch)
+        # Until send_all returns, uncounted stanzas may not have left: if it is cancelled they are
+        # handed back to the router (a possible duplicate beats a silent loss).
+        self._in_flight = uncounted
+        await self.stream.send_all(data)
+        self._in_flight = []
+        self._arm_ack_check()
+        if uncounted:  # no stream management: written is as delivered as we can know
+            await self.server.confirm(session, uncounted)
+
+    def _compose(self, session: Session, batch: list[bytes | Element]) -> tuple[bytes, list[Element]]:
+        """The bytes of a batch, with an ack request when one is due; stanzas are counted
+        (XEP-0198) as they are handed over, and those that cannot be are returned."""
         chunks: list[bytes] = []
         uncounted: list[Element] = []
         for item in batch:
@@ -728,14 +799,7 @@ class Connection:
                 uncounted.append(item)
         if self._should_request(session):
             chunks.append(REQUEST)
-        # Until send_all returns, uncounted stanzas may not have left: if it is cancelled they are
-        # handed back to the router (a possible duplicate beats a silent loss).
-        self._in_flight = uncounted
-        await self.stream.send_all(b"".join(chunks))
-        self._in_flight = []
-        self._arm_ack_check()
-        if uncounted:  # no stream management: written is as delivered as we can know
-            await self.server.confirm(session, uncounted)
+        return b"".join(chunks), uncounted
 
     def _should_request(self, session: Session) -> bool:
         """Ask for an ack in this write? After `request_after` stanzas; for an inactive client
