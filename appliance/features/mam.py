@@ -28,7 +28,6 @@ ids the session was really sent count, so a message that arrives after its query
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 import time
 from collections import OrderedDict
@@ -78,6 +77,9 @@ class Archiver:
         self.max_page = max(1, self.config.max_page)
         self._prefs: OrderedDict[str, Prefs] = OrderedDict()
         self._next_purge = 0.0
+        # seq (and with it the id) is allocated here, before the commit: the live message carries
+        # its stanza-id. This process is the archive's one writer.
+        self._last_seq = server.db.read(store.last_seq)
         retention = self.config.retention_days * 86_400
         self.purge_interval = min(PURGE_INTERVAL, retention / 10) if retention > 0 else PURGE_INTERVAL
 
@@ -99,7 +101,7 @@ class Archiver:
             self._write(routed, entries)
             incoming = next((e for e in entries if e.username == owner_in), None)
             if incoming is not None:
-                stamp_stanza_id(routed.el, str(routed.to_bare), incoming.id)
+                stamp_stanza_id(routed.el, str(routed.to_bare), store.id_for(incoming.seq))
         return False
 
     def _recipient(self, routed: Routed) -> str | None:
@@ -114,13 +116,17 @@ class Archiver:
         stanza = serialize(routed.el)
         entries = []
         if owner_in is not None and self.wants(owner_in, routed.from_):
-            entries.append(_entry(owner_in, routed.from_, False, stanza))
+            entries.append(self._entry(owner_in, routed.from_, False, stanza))
         # To oneself (another resource, or no 'to'): one row, the incoming one (an archive holds a
         # message once).
         if owner_out is not None and owner_out != owner_in and routed.to is not None \
                 and self.wants(owner_out, routed.to):
-            entries.append(_entry(owner_out, routed.to, True, stanza))
+            entries.append(self._entry(owner_out, routed.to, True, stanza))
         return entries
+
+    def _entry(self, user: str, other: JID, outgoing: bool, stanza: bytes) -> store.Entry:
+        self._last_seq = seq = max(time.time_ns() // 1000, self._last_seq + 1)
+        return store.Entry(user, seq, str(other.bare), other.resource or "", outgoing, stanza)
 
     def wants(self, user: str, other: JID) -> bool:
         rule = self.prefs(user).rule(other)
@@ -131,15 +137,13 @@ class Archiver:
     def _write(self, routed: Routed, entries: list[store.Entry]) -> None:
         """Queue the archive rows to commit with the message's durable copy (one transaction, not
         two); the router settles them before the sender's stream counts the message as handled."""
-        now_us = time.time_ns() // 1000
-        routed.writes.append(self.server.db.write_soon(self._archive, entries, now_us, self.purge_due(now_us)))
+        routed.writes.append(self.server.db.write_soon(self._archive, entries, self.purge_due(time.time_ns() // 1000)))
 
-    def _archive(self, conn: sqlite3.Connection, entries: list[store.Entry], now_us: int,
-                 purge_before: int | None) -> None:
+    def _archive(self, conn: sqlite3.Connection, entries: list[store.Entry], purge_before: int | None) -> None:
         """On the writer thread. A message to an unknown account archives nothing (delivery
         answers it with an error)."""
         try:
-            purged = store.add_messages(conn, entries, now_us, purge_before, PURGE_BATCH)
+            purged = store.add_messages(conn, entries, purge_before, PURGE_BATCH)
         except NoSuchUser:  # raised before any row is written
             return
         if purged >= PURGE_BATCH:
@@ -306,6 +310,3 @@ def _same_jid(text: str | None, jid: str) -> bool:
     except InvalidJID:
         return False
 
-
-def _entry(user: str, other: JID, outgoing: bool, stanza: bytes) -> store.Entry:
-    return store.Entry(user, secrets.token_urlsafe(12), str(other.bare), other.resource or "", outgoing, stanza)

@@ -495,7 +495,11 @@ class Connection:
 
     def _push(self, stanza: Element) -> bool:
         if not self.outbox.put(stanza):
-            return False
+            if self._writing or not self.outbox.items:
+                return False
+            self.write_now()  # full only because its writes were deferred (see _write_soon)?
+            if not self.outbox.put(stanza):
+                return False
         self._write_soon()
         return True
 

@@ -1,10 +1,13 @@
 """XEP-0313 message archives (features/mam.py) and their XEP-0441 preferences.
 
 `seq` orders an archive: it is the time the message was archived, in microseconds since the
-epoch, kept strictly increasing by `add_messages` (the one writer). So a time filter, a page and
-the retention cut-off are all ranges of the same index, and no query sorts. The `id` clients see
-(XEP-0359 stanza-id, MAM result id) is an opaque random string chosen by the feature: it says
-nothing about the archive's size or order, and it is mapped to `seq` through a unique index.
+epoch, kept strictly increasing by the one writer (features/mam.py allocates it). So a time filter,
+a page and the retention cut-off are all ranges of the same index, and no query sorts. The `id`
+clients see (XEP-0359 stanza-id, MAM result id) is `seq` in hexadecimal (`id_for`): it needs no
+index of its own (one index fewer to update per archived row, and the most scattered one), and
+says no more than the message's archive time, which MAM results carry anyway. Rows archived
+before schema 8 keep their random 16-character ids, found through a partial unique index; a
+hexadecimal id has fewer than 16 digits for the next 34,000 years, so the two kinds never meet.
 """
 
 from __future__ import annotations
@@ -18,11 +21,18 @@ from appliance.store.users import require_user, require_users
 _COLUMNS = "seq, id, with_jid, with_resource, outgoing, stanza"
 
 
+RANDOM_ID_LENGTH = 16  # ids of rows archived before schema 8: secrets.token_urlsafe(12)
+
+
+def id_for(seq: int) -> str:
+    return format(seq, "x")
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One message in one user's archive, ready to insert."""
     username: str
-    id: str                  # opaque, unique within the archive
+    seq: int                 # strictly increasing across all archives, allocated by the one writer
     with_jid: str            # the other party's bare JID
     with_resource: str       # its resource ('' if none): a full-JID 'with' matches it exactly
     outgoing: bool           # the user sent it
@@ -51,24 +61,21 @@ class Filter:
 
 # ---- writing -----------------------------------------------------------------------------------------
 
-def add_messages(conn: sqlite3.Connection, entries: list[Entry], now_us: int,
+def add_messages(conn: sqlite3.Connection, entries: list[Entry],
                  purge_before: int | None = None, purge_limit: int = 0) -> int:
     """Insert entries (one message in one or two archives) in this one transaction; every owner
     must exist (NoSuchUser rolls all of it back). Optionally purge up to `purge_limit` expired rows
     (seq < purge_before) of any user on the way. Returns how many rows were purged."""
     require_users(conn, {entry.username for entry in entries})  # before any row: nothing half-written
-    seq = max(now_us, _last_seq(conn) + 1)
-    for entry in entries:
-        conn.execute(
-            f"INSERT INTO archive ({_COLUMNS}, username) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (seq, entry.id, entry.with_jid, entry.with_resource, int(entry.outgoing), entry.stanza,
-             entry.username),
-        )
-        seq += 1
+    conn.executemany(
+        f"INSERT INTO archive ({_COLUMNS}, username) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(entry.seq, id_for(entry.seq), entry.with_jid, entry.with_resource, int(entry.outgoing),
+          entry.stanza, entry.username) for entry in entries],
+    )
     return purge_expired(conn, purge_before, purge_limit) if purge_before is not None else 0
 
 
-def _last_seq(conn: sqlite3.Connection) -> int:
+def last_seq(conn: sqlite3.Connection) -> int:
     # max() of the INTEGER PRIMARY KEY is one seek to the end of the table's b-tree.
     return conn.execute("SELECT max(seq) FROM archive").fetchone()[0] or 0
 
@@ -89,7 +96,17 @@ def has_expired(conn: sqlite3.Connection, before: int) -> bool:
 # ---- reading -----------------------------------------------------------------------------------------
 
 def seq_of(conn: sqlite3.Connection, user: str, id_: str) -> int | None:
-    row = conn.execute("SELECT seq FROM archive WHERE username = ? AND id = ?", (user, id_)).fetchone()
+    if len(id_) == RANDOM_ID_LENGTH:  # archived before schema 8 (length(id) = 16: the partial index)
+        row = conn.execute("SELECT seq FROM archive WHERE username = ? AND id = ? AND length(id) = 16",
+                           (user, id_)).fetchone()
+        return row[0] if row else None
+    try:
+        seq = int(id_, 16)
+    except ValueError:
+        return None
+    if id_for(seq) != id_:  # only the canonical spelling names a row ('0x1f', '1F' do not)
+        return None
+    row = conn.execute("SELECT seq FROM archive WHERE seq = ? AND username = ?", (seq, user)).fetchone()
     return row[0] if row else None
 
 

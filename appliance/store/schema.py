@@ -207,6 +207,12 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX pep_items_by_id ON pep_items(username, node, item_id);
     CREATE INDEX pep_items_by_node ON pep_items(username, node, seq);
     """,
+    # 8: archive ids are seq in hexadecimal (store/archive.py): only the random ids of older rows
+    # need the unique index, which shrinks to them.
+    """
+    DROP INDEX archive_by_id;
+    CREATE UNIQUE INDEX archive_by_id ON archive(username, id) WHERE length(id) = 16;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
