@@ -441,6 +441,23 @@ async def test_write_soon_commits_on_its_own_when_nothing_follows(db, alice):
     assert db.read(roster.count_items, "alice") == 1
 
 
+async def test_a_steady_trickle_of_write_soon_commits_once_per_lazy_period(db, alice, monkeypatch):
+    """Nobody waits for these writes (a reader no longer waits for the commit of each stanza):
+    they commit once per LAZY_SECONDS, not once each, and no second flush piles up on the first."""
+    monkeypatch.setattr(db_module, "LAZY_SECONDS", 0.1)
+    commits, started = db.commits, trio.current_time()
+    last = None
+    for n in range(300):  # 1.5 s, one every 5 ms
+        last = db.write_soon(_add_item, "alice", f"trickle{n}@x")
+        await trio.sleep(0.005)
+    with trio.fail_after(5):
+        while not last.finished:
+            await trio.sleep(0.01)
+    periods = (trio.current_time() - started) / 0.1
+    assert db.read(roster.count_items, "alice") == 300
+    assert db.commits - commits <= periods + 2, (db.commits - commits, periods)
+
+
 async def test_close_commits_what_write_soon_left(tmp_path):
     path = tmp_path / "db.sqlite3"
     db = Database.open(path)

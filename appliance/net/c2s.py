@@ -36,7 +36,6 @@ log = logging.getLogger("appliance.c2s")
 READ_SIZE = 65536
 CONNECTION_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 WRITE_BATCH = 64
-SETTLE_BATCH = 256  # stanzas of one burst routed before their writes are settled and counted
 GOODBYE_SECONDS = 2.0  # how long a closing stream may take to write what is queued
 COUNTED_WAIT_SECONDS = 5.0  # a resumption waits at most this long for the old reader to count its stanzas
 PARSER_IDLE_SECONDS = 30.0  # a client silent this long between stanzas: its XML parser is released
@@ -229,7 +228,10 @@ class Connection:
         self._parser_idle_at = math.inf         # when to release the XML parser of a silent client
         self.preauth_state: dict[str, Any] = {"address": address}
         self._in_flight: list[Element] = []
-        self._routing: trio.Event | None = None  # set when the stanzas of the current read are counted
+        self._gate: PendingWrite | None = None   # XEP-0198: stanzas after it count once it commits
+        self._gated = 0                          # routed stanzas waiting for the gate to be counted
+        self._in_route = False                   # the reader is routing a stanza (counted() waits)
+        self._route_done: trio.Event | None = None  # made by counted() while a stanza is routed
         self.clean_close = False          # the client ended the stream itself
         self.resumed_elsewhere = False    # XEP-0198: another connection took the session over
         self.auth = self.server.auth.for_connection(address)
@@ -534,82 +536,90 @@ class Connection:
             self.transport.deadline, self.transport.reader = math.inf, None
 
     async def _received(self, data: bytes) -> bool:
-        """Handle what the client sent, and what else it has sent already; True when the stream is over.
+        """Handle what the client sent; True when the stream is over.
 
-        A stanza counts as handled (XEP-0198) once the writes it queued have committed. Those of
-        a burst (a phone resending its queue after a resume) are settled together: while writes
-        wait and more bytes are ready on the socket, those are routed first (up to SETTLE_BATCH
-        stanzas); the writes are settled before anything that reports or ends the count (a nonza,
-        the end of the stream) and before the reader waits again. So a burst shares one commit
-        instead of waiting for one per stanza."""
-        writes: list[PendingWrite] = []
-        routed = 0
-        self._routing = trio.Event()
-        try:
-            while True:
-                events = self.proto.receive_data(data)
-                pending = self.proto.data_to_send()
-                if pending:
-                    await self._push_wait(pending)
-                for event in events:
-                    if isinstance(event, c2s.StanzaIn):
-                        await self._route(event.stanza, writes)
-                        routed += 1
-                        continue
-                    await self._handled(writes, routed)
-                    routed = 0
-                    if isinstance(event, c2s.NonzaIn):
-                        try:
-                            await self._nonza(event.element)
-                        except StreamError as error:
-                            self.close_error = error
-                            return True
-                    elif isinstance(event, c2s.Closed):
-                        self.close_error = self.close_error or event.error
-                        self.clean_close = event.error is None
-                        return True
-                # Only stanzas with writes to settle are worth the extra recv (a syscall) per read.
-                more = self.stream.receive_ready(READ_SIZE) if writes and routed < SETTLE_BATCH else None
-                if more is None:
-                    return False
-                data = more
-                self.last_heard = trio.current_time()
-                self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
-                await trio.lowlevel.checkpoint()  # a client that keeps sending must not starve the others
-        finally:
-            # Also when cancelled (a resumption took the session over): what was routed was
-            # delivered or stored, and must count, or the phone would send it again.
-            with trio.CancelScope(shield=True):
-                await self._handled(writes, routed)
-            self._routing.set()
-            self._routing = None
+        A stanza counts as handled (XEP-0198) once the writes it queued have committed, but the
+        reader does not wait for that commit: a stanza with writes becomes the *gate* of the count
+        and the stanzas after it count behind it (`_count_after`). The count is brought up to date
+        -- waiting for the gate's commit -- only where it is reported or ends: before any nonza
+        (<r/> is answered with it), at the end of the stream, and when a resumption takes the
+        session over (`counted`). So a reader never waits for the disk between stanzas, a burst
+        shares its commits, and nothing is acknowledged before it is durable."""
+        events = self.proto.receive_data(data)
+        pending = self.proto.data_to_send()
+        if pending:
+            await self._push_wait(pending)
+        for event in events:
+            if isinstance(event, c2s.StanzaIn):
+                writes: list[PendingWrite] = []
+                await self._route(event.stanza, writes)
+                self._count_after(writes)
+                continue
+            with trio.CancelScope(shield=True):  # the count must not be left half-settled
+                await self._count_all()
+            if isinstance(event, c2s.NonzaIn):
+                try:
+                    await self._nonza(event.element)
+                except StreamError as error:
+                    self.close_error = error
+                    return True
+            elif isinstance(event, c2s.Closed):
+                self.close_error = self.close_error or event.error
+                self.clean_close = event.error is None
+                return True
+        return False
 
     async def _route(self, stanza: Element, writes: list[PendingWrite]) -> None:
         """Route one stanza, deferring the writes it causes to its end (see _write_soon)."""
         service, task = self.service, trio.lowlevel.current_task()
         service.deferring.add(task)
+        self._in_route = True
         try:
             await self.server.route(stanza, self.session, writes=writes)
         finally:
+            self._in_route = False
             service.deferring.discard(task)
             service.flush_dirty()
+            if self._route_done is not None:
+                self._route_done.set()
+                self._route_done = None
+
+    def _count_after(self, writes: list[PendingWrite]) -> None:
+        """A routed stanza: count it now, or behind the gate (the last write queued so far)."""
+        gate = writes[-1] if writes else self._gate
+        if gate is None or gate.finished:
+            stanzas, self._gated, self._gate = self._gated + 1, 0, None
+            self._count(stanzas)
+        else:
+            self._gate = gate
+            self._gated += 1
+
+    async def _count_all(self) -> None:
+        """Wait for the gate's commit and count what waited behind it. Commits are in order, so a
+        finished gate means every write queued before it is durable too."""
+        while self._gated:
+            gate = self._gate
+            if gate is not None and not gate.finished:
+                await self.server.settle([gate])  # a failed write is logged; the stanza still counts
+            if self._gate is gate:  # no newer gate meanwhile: everything gated is behind this one
+                stanzas, self._gated, self._gate = self._gated, 0, None
+                self._count(stanzas)
+
+    def _count(self, stanzas: int) -> None:
+        state = self.session.sm if self.session is not None else None
+        if state is not None:
+            for _ in range(stanzas):
+                state.received()
 
     async def counted(self) -> None:
-        """Wait (boundedly) until the stanzas this connection's reader is handling are counted: a
-        resumption that takes the session over must report them in its <resumed h=.../>."""
-        if self._routing is not None:
-            with trio.move_on_after(COUNTED_WAIT_SECONDS):
-                await self._routing.wait()
-
-    async def _handled(self, writes: list[PendingWrite], stanzas: int) -> None:
-        """`stanzas` routed stanzas are handled once `writes` are durable: count them (XEP-0198).
-        Empties `writes`."""
-        if writes:
-            await self.server.settle(writes)
-            writes.clear()
-        if stanzas and self.session is not None and self.session.sm is not None:
-            for _ in range(stanzas):
-                self.session.sm.received()
+        """Bring the count up to date (boundedly): a resumption that takes the session over must
+        report in its <resumed h=.../> every stanza this connection handled, including one its
+        reader is routing right now."""
+        with trio.move_on_after(COUNTED_WAIT_SECONDS):
+            if self._in_route:
+                self._route_done = self._route_done or trio.Event()
+                await self._route_done.wait()
+            await self._count_all()
 
     # ---- bound: the reader's timers ------------------------------------------------------------------
     #

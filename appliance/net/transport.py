@@ -91,14 +91,6 @@ class Transport(trio.abc.Stream):
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
-    def receive_ready(self, max_bytes: int | None = None) -> bytes | None:
-        """Bytes that can be had without waiting, or None (nothing yet, the end of the stream, an
-        error: the next receive_some reports those)."""
-        try:
-            return self.sock.recv(max_bytes or DEFAULT_READ) or None
-        except OSError:  # BlockingIOError, SSLWantReadError and the rest
-            return None
-
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write `data`, after what send_now left unsent."""
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -238,13 +238,16 @@ class Database:
     async def _flush_later(self) -> None:
         try:
             await trio.sleep(LAZY_SECONDS)
+        finally:
+            # Writes queued from now on schedule the next flush. (Reset only here: resetting after
+            # the commit too would let a second flush be scheduled while one is already waiting,
+            # and so on, each committing on its own.)
             self._flush_scheduled = False
+        try:
             if self._queue:
                 await self.settle(self._queue[-1])  # the last one: the commit takes all before it
         except Exception:  # the caller of write_soon chose not to hear about errors; log them
             log.exception("a deferred database write failed")
-        finally:
-            self._flush_scheduled = False
 
     def _commit_batch(self, batch: list[_Job]) -> None:
         with self._lock:
