@@ -126,6 +126,27 @@ def test_resume_after_a_cut_gets_exactly_the_unacked_in_order(sm_server: ServerP
     a.close()
 
 
+def test_what_a_cut_link_had_sent_counts_in_the_resumed_h(sm_server: ServerProcess) -> None:
+    """The reader does not wait for a stanza's commit before reading on; the count catches up
+    before the session hibernates, so <resumed h=.../> includes messages sent just before a cut
+    (the phone would otherwise send them again: duplicates)."""
+    a_jid, b_jid = pair(sm_server)
+    a, b = online(sm_server, a_jid), online(sm_server, b_jid)
+    previd = resumption_id(enable(a))
+    send_messages(a, b_jid, ["c1", "c2"])
+    cut(a)  # no <r/>: nothing asked the server to settle the count before the link died
+    assert read_messages(b, 2) == ["c1", "c2"]
+    time.sleep(0.3)
+    again = RawClient(sm_server).open()
+    assert b"<success" in again.authenticate(a_jid.split("@")[0])
+    again.header()
+    again.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+    resumed = again.read_until(b"/>")
+    assert b"<resumed" in resumed and b"h='2'" in resumed, resumed
+    again.close()
+    b.close()
+
+
 def test_resume_takes_over_a_connection_not_yet_known_dead(sm_server: ServerProcess) -> None:
     a_jid, b_jid = pair(sm_server)
     a, b = online(sm_server, a_jid), online(sm_server, b_jid)

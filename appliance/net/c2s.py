@@ -351,6 +351,7 @@ class Connection:
             elif self.resumed_elsewhere:
                 pass  # the session lives on in another connection
             elif self._may_hibernate():
+                await self.counted()  # the <resumed h=.../> must include what waited for a commit
                 self.service.hibernation.hibernate(self.session, self._unwritten())
             else:
                 await self.server.end_session(self.session, self._unwritten())
