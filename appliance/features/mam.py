@@ -290,10 +290,16 @@ def strip_stanza_ids(el: Element, by: str) -> None:
             el.remove(found)
 
 
+_STAMP = etree.Element(_STANZA_ID, nsmap={None: ns.SID})
+
+
 def stamp_stanza_id(el: Element, by: str, id_: str) -> None:
     # First child, not last: order means nothing in XML, but tests and simple clients that read a
-    # message "up to </body>" should still get the whole stanza.
-    stamp = etree.Element(_STANZA_ID, by=by, id=id_, nsmap={None: ns.SID})
+    # message "up to </body>" should still get the whole stanza. (A copy of a ready element costs
+    # half of building one with its namespace map.)
+    stamp = _STAMP.__copy__()
+    stamp.set("by", by)
+    stamp.set("id", id_)
     el.insert(0, stamp)
 
 

@@ -175,6 +175,8 @@ class Prefs:
 
     def rule(self, other: JID) -> str:
         """XEP-0441 JID matching: a bare entry covers every resource, a full one that resource; never wins."""
+        if not self.never and not self.always:
+            return self.default  # the usual case, once per archived message: no JID to spell out
         keys = (str(other), str(other.bare))
         if any(k in self.never for k in keys):
             return "never"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import idna
@@ -65,6 +65,9 @@ class JID:
     local: str | None
     domain: str
     resource: str | None = None
+    # Computed once: a routed stanza asks for its sender's bare JID and text several times.
+    _bare: JID | None = field(default=None, init=False, repr=False, compare=False)
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> JID:
@@ -72,7 +75,13 @@ class JID:
 
     @property
     def bare(self) -> JID:
-        return JID(self.local, self.domain) if self.resource else self
+        if not self.resource:
+            return self
+        bare = self._bare
+        if bare is None:
+            bare = JID(self.local, self.domain)
+            object.__setattr__(self, "_bare", bare)  # a cache, not a change: frozen still holds
+        return bare
 
     @property
     def is_bare(self) -> bool:
@@ -82,8 +91,12 @@ class JID:
         return JID(self.local, self.domain, normalise_resource(resource))
 
     def __str__(self) -> str:
-        text = f"{self.local}@{self.domain}" if self.local else self.domain
-        return f"{text}/{self.resource}" if self.resource else text
+        text = self._text
+        if text is None:
+            text = f"{self.local}@{self.domain}" if self.local else self.domain
+            text = f"{text}/{self.resource}" if self.resource else text
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 @lru_cache(maxsize=4096)

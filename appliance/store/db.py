@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -86,7 +86,9 @@ class _Job:
     error: BaseException | None = None
     finished: bool = False
     waiting: bool = False   # a task waits for it (write, settle): it may be handed the next commit
-    wake: trio.Event = field(default_factory=trio.Event)  # finished, or its turn to lead a commit
+    # Set when finished, or when its turn to lead a commit comes; made only for a job a task waits
+    # for (most write_soon jobs are never waited for).
+    wake: trio.Event | None = None
 
 
 PendingWrite = _Job
@@ -180,6 +182,7 @@ class Database:
                     self._leading = job
                 else:
                     job.waiting = True
+                    job.wake = job.wake or trio.Event()
                     await job.wake.wait()
                 if not job.finished:
                     await self._commit_queued()
@@ -210,9 +213,10 @@ class Database:
             self._last_commit_end = trio.current_time()
             for job in batch:
                 job.finished = True
-                job.wake.set()
+                if job.wake is not None:
+                    job.wake.set()
             self._leading = next((job for job in self._queue if job.waiting), None)
-            if self._leading is not None:
+            if self._leading is not None and self._leading.wake is not None:
                 self._leading.wake.set()
             if self.commits - self._checkpointed_at >= CHECKPOINT_COMMITS and not self._checkpoint_running:
                 self._checkpoint_running, self._checkpointed_at = True, self.commits
