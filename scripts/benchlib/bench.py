@@ -58,6 +58,7 @@ class Plan:
     iterations: int = 10000
     prosody_storage: str = "internal"
     repeat: int = 1              # runs of each message scenario per server, alternating; medians reported
+    sender_acks: int = 0         # message senders send <r/> after every this many messages (0: never)
 
     # account names: u* for logins and idle crowds, m* for message pairs, hub + f* for presence
     def idle_users(self) -> list[str]:
@@ -120,7 +121,8 @@ def phases(plan: Plan) -> list[Phase]:
 
 
 def _messages(plan: Plan, pairs: int, no_store: bool, users: list[str]) -> Callable[..., Awaitable[dict[str, Any]]]:
-    return lambda server: load.messages(server, pairs, plan.rate, plan.seconds, no_store, users)
+    return lambda server: load.messages(server, pairs, plan.rate, plan.seconds, no_store, users,
+                                        ack_every=plan.sender_acks)
 
 
 def _idle(plan: Plan, size: int, tls: bool, then: Callable[[Server], Awaitable[dict[str, Any]]] | None
@@ -499,6 +501,8 @@ def header(plan: Plan, versions: dict[str, str], started: dt.datetime, elapsed: 
         f"load: logins {plan.logins} ({plan.login_concurrency} at a time); idle {', '.join(map(str, plan.idle_sizes))} "
         f"sessions settled {plan.settle:g} s; messages {plan.rate:g}/s in all for {plan.seconds:g} s "
         f"({', '.join(map(str, plan.pairs))} pairs"
+        + (f"; senders ask for an ack (<r/>) after every {plan.sender_acks} messages" if plan.sender_acks
+           else "; senders never ask for acks")
         + (f"; each run {plan.repeat} times per server, alternating, medians reported" if plan.repeat > 1 else "")
         + f"); presence {plan.contacts} contacts x {plan.updates} updates "
         f"every {plan.spacing:g} s" + (f"; growth: {plan.big_idle} idle TLS and a {plan.archive_rows:,}-message "
@@ -543,6 +547,9 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each message scenario this many times per server, alternating, and report "
                              "medians (default 1): CPU per message varies by 10-20 %% between single runs")
+    parser.add_argument("--sender-acks", type=int, default=0,
+                        help="message senders send <r/> after every N messages, as phones do after each "
+                             "(default 0: never); an acknowledgement waits for the commit")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, configs, logs)")
     args = parser.parse_args(argv)
@@ -563,6 +570,9 @@ def arguments(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]:
         plan.pairs = [int(x) for x in args.pairs.split(",")]
     plan.prosody_storage = args.prosody_storage
     plan.repeat = args.repeat
+    plan.sender_acks = args.sender_acks
+    if plan.sender_acks < 0:
+        parser.error("--sender-acks must be 0 (never) or more")
     if plan.repeat < 1:
         parser.error("--repeat must be at least 1")
     if plan.rate <= 0 or plan.seconds <= 0 or not plan.idle_sizes or not plan.pairs:

@@ -383,18 +383,20 @@ class Ledger:
 
 
 async def messages(server: Server, pairs: int, rate: float, seconds: float, no_store: bool,
-                   users: list[str], drain: float = 20.0) -> dict[str, Any]:
+                   users: list[str], drain: float = 20.0, ack_every: int = 0) -> dict[str, Any]:
     """`pairs` sender/receiver sessions (TLS, SM), every sender sending chat messages with a body to
     its peer's bare JID, `rate` messages a second in all, on a fixed schedule (open loop) for
-    `seconds`; then up to `drain` seconds for the last ones to arrive. Before and after: the first
-    receiver's archive count (XEP-0313), to show whether the messages were archived."""
+    `seconds`; then up to `drain` seconds for the last ones to arrive. With `ack_every`, a sender
+    sends <r/> with every ack_every-th message (in the same write, as a phone does). Before and
+    after: the first receiver's archive count (XEP-0313), to show whether the messages were archived."""
     ledger = Ledger()
     senders = [Session(server.endpoint, users[2 * i]) for i in range(pairs)]
     receivers = [Session(server.endpoint, users[2 * i + 1], on_stanza=ledger.receive) for i in range(pairs)]
     interval = pairs / rate                       # between two messages of one sender
     per_sender = int(seconds * rate / pairs)
     hint = NO_STORE if no_store else ""
-    figures: dict[str, Any] = {"pairs": pairs, "rate": rate, "archived": not no_store}
+    request = f"<r xmlns='{NS_SM}'/>"
+    figures: dict[str, Any] = {"pairs": pairs, "rate": rate, "archived": not no_store, "sender_acks": ack_every}
     async with trio.open_nursery() as nursery:
         crowd = Crowd(nursery, concurrency=20)
         await crowd.open(senders + receivers)
@@ -414,9 +416,10 @@ async def messages(server: Server, pairs: int, rate: float, seconds: float, no_s
                 ledger.max_lag = max(ledger.max_lag, lag)
                 ledger.late_sends += lag > 0.1
                 ledger.sent[(index, number)] = trio.current_time()
+                ask = request if ack_every and (number + 1) % ack_every == 0 else ""
                 await session.client.send(
                     f"<message to={attr(peer)} type='chat' id='m-{index}-{number}'><body>Message {number} "
-                    f"of pair {index}: the ship docks at six, bring the charts.</body>{hint}</message>")
+                    f"of pair {index}: the ship docks at six, bring the charts.</body>{hint}</message>{ask}")
 
         async with trio.open_nursery() as sending:
             for index in range(pairs):

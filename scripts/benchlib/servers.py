@@ -125,7 +125,9 @@ def start_appliance(workdir: Path, cert: Path, key: Path, accounts: dict[str, st
     log = workdir / "appliance.log"
     with open(log, "ab") as out:
         log_start = out.tell()
-        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
+        # BENCH_PROFILED=1: under cProfile, switched by signals (benchlib/profiled.py)
+        entry = [str(Path(__file__).with_name("profiled.py"))] if os.environ.get("BENCH_PROFILED") else ["-m", "appliance"]
+        proc = subprocess.Popen([sys.executable, *entry, "serve", "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     return _started(Server("appliance", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log, log_start), port)
 
