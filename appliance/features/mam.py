@@ -78,8 +78,8 @@ class Archiver:
         self._prefs: OrderedDict[str, Prefs] = OrderedDict()
         self._next_purge = 0.0
         # seq (and with it the id) is allocated here, before the commit: the live message carries
-        # its stanza-id. This process is the archive's one writer.
-        self._last_seq = server.db.read(store.last_seq)
+        # its stanza-id. This process is the archive's one writer. Read at the first message.
+        self._last_seq: int | None = None
         retention = self.config.retention_days * 86_400
         self.purge_interval = min(PURGE_INTERVAL, retention / 10) if retention > 0 else PURGE_INTERVAL
 
@@ -125,6 +125,8 @@ class Archiver:
         return entries
 
     def _entry(self, user: str, other: JID, outgoing: bool, stanza: bytes) -> store.Entry:
+        if self._last_seq is None:
+            self._last_seq = self.server.db.read(store.last_seq)
         self._last_seq = seq = max(time.time_ns() // 1000, self._last_seq + 1)
         return store.Entry(user, seq, str(other.bare), other.resource or "", outgoing, stanza)
 
