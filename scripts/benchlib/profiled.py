@@ -6,24 +6,42 @@ thread, SIGRTMIN+4 stops it and writes `$PROFILE_OUT.N.prof` (N counts from 1), 
     kill -s RTMIN+3 <server pid>; sleep 10; kill -s RTMIN+4 <server pid>
 
 (SIGUSR1 is the server's own: it logs its statistics.) cProfile's call counts are exact; its
-times are inflated about 1.5x for small functions, so compare them with each other only.
+times are inflated about 1.5x for small functions, so compare them with each other only. The
+cyclic garbage collector's passes in the same window (count and seconds, per generation), which
+cProfile does not see, go to `$PROFILE_OUT.N.gc`.
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
+import json
 import os
 import runpy
 import signal
 import sys
+import time
 
 _profile: cProfile.Profile | None = None
 _written = 0
+_gc_passes = [[0, 0.0], [0, 0.0], [0, 0.0]]  # per generation: passes, seconds
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    elif _profile is not None:
+        passes = _gc_passes[info["generation"]]
+        passes[0] += 1
+        passes[1] += time.perf_counter() - _gc_started
 
 
 def _start(*_: object) -> None:
     global _profile
     if _profile is None:
+        _gc_passes[:] = [[0, 0.0], [0, 0.0], [0, 0.0]]
         _profile = cProfile.Profile()
         _profile.enable()
 
@@ -33,11 +51,15 @@ def _stop(*_: object) -> None:
     if _profile is not None:
         _profile.disable()
         _written += 1
-        _profile.dump_stats(f"{os.environ.get('PROFILE_OUT', 'appliance')}.{_written}.prof")
+        out = f"{os.environ.get('PROFILE_OUT', 'appliance')}.{_written}"
+        _profile.dump_stats(f"{out}.prof")
         _profile = None
+        with open(f"{out}.gc", "w") as file:
+            json.dump({"passes_and_seconds_by_generation": _gc_passes, "thresholds": gc.get_threshold()}, file)
 
 
 if __name__ == "__main__":
+    gc.callbacks.append(_time_gc)
     signal.signal(signal.SIGRTMIN + 3, _start)
     signal.signal(signal.SIGRTMIN + 4, _stop)
     sys.argv = ["appliance", *sys.argv[1:]]

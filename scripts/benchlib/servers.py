@@ -125,11 +125,18 @@ def start_appliance(workdir: Path, cert: Path, key: Path, accounts: dict[str, st
     log = workdir / "appliance.log"
     with open(log, "ab") as out:
         log_start = out.tell()
-        # BENCH_PROFILED=1: under cProfile, switched by signals (benchlib/profiled.py)
-        entry = [str(Path(__file__).with_name("profiled.py"))] if os.environ.get("BENCH_PROFILED") else ["-m", "appliance"]
+        entry = _entry(os.environ.get("BENCH_PROFILED", ""))
         proc = subprocess.Popen([sys.executable, *entry, "serve", "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     return _started(Server("appliance", Endpoint("127.0.0.1", port, DOMAIN, cert), proc, log, log_start), port)
+
+
+def _entry(profiled: str) -> list[str]:
+    """How to start the appliance: BENCH_PROFILED=1 under cProfile switched by signals
+    (benchlib/profiled.py), BENCH_PROFILED=FILE through another wrapper script of the same kind."""
+    if not profiled:
+        return ["-m", "appliance"]
+    return [profiled if profiled != "1" else str(Path(__file__).with_name("profiled.py"))]
 
 
 def _started(server: Server, port: int) -> Server:

@@ -1,0 +1,76 @@
+"""Run the appliance (`BENCH_PROFILED=scripts/benchlib/timed.py scripts/bench ...`) with the CPU
+time of the event loop's thread measured around a few synchronous steps of a message's path, as
+the operating system counts it (CLOCK_THREAD_CPUTIME_ID), with none of cProfile's overhead:
+SIGRTMIN+3 starts a window, SIGRTMIN+4 ends it and writes `$PROFILE_OUT.N.timed` (JSON: step ->
+[calls, CPU seconds], plus the whole thread's and the whole process's CPU in the window).
+
+Only synchronous functions are wrapped: the CPU time of an async one would include whatever ran
+while it waited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+_steps: defaultdict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+_window_start = (0.0, 0.0)  # thread CPU, process CPU
+_written = 0
+
+
+def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    clock = time.thread_time
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            step = _steps[label]
+            step[0] += 1
+            step[1] += clock() - started
+    return wrapper
+
+
+def _install() -> None:
+    from appliance.features import mam
+    from appliance.net import c2s, transport
+    from appliance.proto import c2s as c2s_proto, xmlstream
+    for cls, name in ((c2s_proto.C2SStream, "receive_data"), (xmlstream.StreamParser, "_detach"),
+                      (c2s.Connection, "write_now"), (c2s.Connection, "_compose"),
+                      (transport.Transport, "send_now"), (mam.Archiver, "_entries"),
+                      (mam.Archiver, "_write")):
+        setattr(cls, name, _timed(f"{cls.__name__}.{name}", getattr(cls, name)))
+
+
+def _start(*_: object) -> None:
+    global _window_start
+    _steps.clear()
+    _window_start = (time.thread_time(), time.process_time())
+
+
+def _stop(*_: object) -> None:
+    global _written
+    _written += 1
+    figures: dict[str, Any] = dict(_steps)
+    figures["event_loop_thread"] = [0, time.thread_time() - _window_start[0]]
+    figures["process"] = [0, time.process_time() - _window_start[1]]
+    with open(f"{os.environ.get('PROFILE_OUT', 'appliance')}.{_written}.timed", "w") as file:
+        json.dump(figures, file, indent=1)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's appliance
+    _install()
+    # Python runs signal handlers in the main thread, which is the event loop's.
+    signal.signal(signal.SIGRTMIN + 3, _start)
+    signal.signal(signal.SIGRTMIN + 4, _stop)
+    sys.argv = ["appliance", *sys.argv[1:]]
+    runpy.run_module("appliance", run_name="__main__", alter_sys=True)
