@@ -33,3 +33,14 @@ async def test_committed_writes_are_forgotten_without_being_asked_about(tmp_path
             await db.flush()
         # Ten thousand confirmed, none asked about: what is left is bounded by the sweep floor.
         assert len(marks) <= SWEEP_FLOOR
+
+
+async def test_take_hands_over_a_write_not_yet_committed_and_forgets_the_key(tmp_path: Path) -> None:
+    with Database.open(tmp_path / "x.sqlite3") as db:
+        marks: UntilCommitted[int] = UntilCommitted()
+        queued = db.write_soon(_noop)
+        marks.add([1, 2], queued)
+        assert marks.take(1) is queued and not marks.waiting(1)
+        await db.flush()
+        assert marks.take(2) is None  # committed: nothing to take back
+        assert len(marks) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import time
 from typing import Iterator
 
@@ -290,6 +291,53 @@ def test_hibernation_timeout_stores_unacked_messages_once(fresh_server: ServerPr
     assert bodies(later.read_until(b'id="end"')) == []  # and nothing twice
     a.close()
     later.close()
+
+
+def _offline_ids_ever_used(server: ServerProcess) -> int:
+    """The highest durable-copy id ever inserted (AUTOINCREMENT keeps it after a delete)."""
+    with sqlite3.connect(f"file:{server.data / 'appliance.sqlite3'}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'offline_messages'").fetchone()
+        return row[0] if row else 0
+
+
+def _offline_rows(server: ServerProcess, user: str) -> int:
+    with sqlite3.connect(f"file:{server.data / 'appliance.sqlite3'}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM offline_messages WHERE username = ?", (user,)).fetchone()[0]
+
+
+def _archived(server: ServerProcess, user: str) -> int:
+    with sqlite3.connect(f"file:{server.data / 'appliance.sqlite3'}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM archive WHERE username = ?", (user,)).fetchone()[0]
+
+
+def test_a_message_confirmed_before_its_commit_costs_no_durable_copy(fresh_server: ServerProcess) -> None:
+    """The durable copy of a message to a live session rides with a lazy commit; when the
+    recipient acks the message first, the insert is withdrawn and never reaches the disk (nor
+    does a delete). A message the recipient has not acked by then is written as before."""
+    fresh_server.start()
+    a_jid, b_jid = fresh_server.add_user("wd_a"), fresh_server.add_user("wd_b")
+    a, b = online(fresh_server, a_jid), online(fresh_server, b_jid)
+    enable(b)
+    b.send(f"<iq type='get' id='ready' to='{fresh_server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    b.read_until(b'id="ready"')
+    time.sleep(1.2)  # lazy commits of the logins are over: the message's write starts a new period
+    used = _offline_ids_ever_used(fresh_server)
+    send_messages(a, b_jid, ["quick"])
+    assert read_messages(b, 1) == ["quick"]
+    b.send(f"<a xmlns='{SM}' h='2'/>")  # the ping's answer and the message, well within 0.5 s
+    b.send(f"<iq type='get' id='acked' to='{fresh_server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    b.read_until(b'id="acked"')  # stanzas of a stream are handled in order: the ack is done
+    time.sleep(1.0)  # the lazy commit has run: it wrote the archive rows, not the copy
+    assert _archived(fresh_server, "wd_b") == 1
+    assert _offline_ids_ever_used(fresh_server) == used
+    enable(a)
+    send_messages(a, b_jid, ["unconfirmed"])
+    assert read_messages(b, 1) == ["unconfirmed"]
+    assert acked_by_server(a) == 1  # waits for the commit that holds the message
+    assert _offline_ids_ever_used(fresh_server) == used + 2  # the withdrawn id is not reused
+    assert _offline_rows(fresh_server, "wd_b") == 1           # "unconfirmed" is on disk
+    a.close()
+    b.close()
 
 
 def test_what_the_server_acked_survives_sigkill(fresh_server: ServerProcess) -> None:

@@ -458,6 +458,38 @@ async def test_a_steady_trickle_of_write_soon_commits_once_per_lazy_period(db, a
     assert db.commits - commits <= periods + 2, (db.commits - commits, periods)
 
 
+async def test_a_withdrawn_write_is_not_run_but_finishes_in_its_place(db, alice):
+    """Withdrawing a queued write (the durable copy of a message confirmed before its commit)
+    skips its SQL, and the job still finishes with the commit of what was queued before it: an
+    XEP-0198 count waiting for it must not run ahead of those writes."""
+    before = db.write_soon(_add_item, "alice", "before@x")
+    moot = db.write_soon(_add_item, "alice", "moot@x")
+    assert db.withdraw(moot)
+    await db.settle(moot)
+    assert moot.finished and before.finished  # one commit: the earlier write is durable too
+    assert [item.contact for item in db.read(roster.get_roster, "alice")[1]] == ["before@x"]
+
+
+async def test_a_write_a_commit_has_taken_cannot_be_withdrawn(db, alice):
+    taken = db.write_soon(_add_item, "alice", "taken@x")
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn):
+        started.set()
+        release.wait(5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.write, slow)  # takes `taken` into its commit
+        await trio.to_thread.run_sync(started.wait, 5)
+        assert not taken.finished
+        assert not db.withdraw(taken)  # in the running commit: it will be written
+        later = db.write_soon(_add_item, "alice", "later@x")
+        assert db.withdraw(later)     # queued behind the running commit: not yet
+        release.set()
+    await db.flush()
+    assert [item.contact for item in db.read(roster.get_roster, "alice")[1]] == ["taken@x"]
+
+
 async def test_close_commits_what_write_soon_left(tmp_path):
     path = tmp_path / "db.sqlite3"
     db = Database.open(path)

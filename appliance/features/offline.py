@@ -70,7 +70,10 @@ def setup(server: Server) -> None:
                 locks.pop(session.username, None)
 
     async def confirmed(username: str, receipts: list[int]) -> None:
-        deleting.add(receipts, server.db.write_soon(offline.delete_messages, username, receipts))
+        copies = _copies_of(server)
+        written = [id_ for id_ in receipts if not copies.withdraw(id_)]
+        if written:
+            deleting.add(written, server.db.write_soon(offline.delete_messages, username, written))
 
     async def released(username: str) -> None:
         """A session ended holding stored messages: the account's other resources get them now."""
@@ -89,7 +92,8 @@ async def persist(server: Server, routed: Routed) -> int | None:
     The row is queued to commit with the message's archive rows (db.write_soon) and the router
     settles it before the sender's stream counts the message as handled, so what the server
     acknowledges is on disk. The recipient may get the message while the commit runs: that costs
-    no fsync in the delivery path, and a recipient's ack queues its delete behind the insert."""
+    no fsync in the delivery path, and a recipient's ack queues its delete behind the insert, or
+    withdraws the insert if no commit has taken it yet (see _Copies)."""
     if routed.receipt is None and worth_keeping(routed.el):
         routed.receipt, job = _queue_copy(server, routed)
         routed.writes.append(job)
@@ -130,16 +134,29 @@ async def store_message(server: Server, routed: Routed) -> bool:
 
 
 class _Copies:
-    """Per server: ids for new rows, and how many more rows each recipient may get.
+    """Per server: ids for new rows, how many more rows each recipient may get, and the inserts
+    not committed yet.
 
     This process is the only one that stores messages, so ids come from memory. The room left is
     counted down per row instead of counting the user's rows for every message: the store is read
-    again only when the room runs out (deleted rows only make more room, so the count is safe)."""
+    again only when the room runs out (deleted rows only make more room, so the count is safe).
+
+    A live recipient usually confirms a message before the lazy commit of its durable copy (its
+    ack follows the delivery within milliseconds; the commit waits for company, up to half a
+    second): then the insert is withdrawn and no delete is needed, so a message delivered at once
+    costs the disk nothing beyond its archive rows. The id of a withdrawn copy is never stored."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.ids = itertools.count(server.db.read(offline.last_id) + 1)
         self.room: dict[str, int] = {}
+        self.unwritten: UntilCommitted[int] = UntilCommitted()
+
+    def withdraw(self, id_: int) -> bool:
+        """The copy `id_` will not be written (its recipient has the message): True if its insert
+        had not been taken by a commit yet, False if the row is (or will be) on disk."""
+        job = self.unwritten.take(id_)
+        return job is not None and self.server.db.withdraw(job)
 
     def take_room(self, user: str) -> bool:
         room = self.room.get(user, 0)
@@ -152,16 +169,22 @@ class _Copies:
 _copies: WeakKeyDictionary[Server, _Copies] = WeakKeyDictionary()
 
 
+def _copies_of(server: Server) -> _Copies:
+    return _copies.get(server) or _copies.setdefault(server, _Copies(server))
+
+
 def _queue_copy(server: Server, routed: Routed) -> tuple[int, PendingWrite]:
     """Allocate the row's id and queue its insert; StanzaError when the recipient's store is full."""
-    copies = _copies.get(server) or _copies.setdefault(server, _Copies(server))
+    copies = _copies_of(server)
     if not copies.take_room(routed.to_bare.local):
         log.warning("offline storage for %s is full; refusing a message", routed.to_bare)
         raise StanzaError("service-unavailable", "the recipient's offline storage is full")
     # The row keeps the stanza as it is and the time in `stamp`; the <delay/> is added when a row
     # is read back (`stamp_delay`): most rows are deleted unread once the live copy is confirmed.
     id_, now = next(copies.ids), time.time()
-    return id_, server.db.write_soon(offline.insert_message, id_, routed.to_bare.local, serialize(routed.el), now)
+    job = server.db.write_soon(offline.insert_message, id_, routed.to_bare.local, serialize(routed.el), now)
+    copies.unwritten.add((id_,), job)
+    return id_, job
 
 
 def stamp_delay(message: Element, domain: str, when: float) -> Element:

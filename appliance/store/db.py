@@ -89,9 +89,14 @@ class _Job:
     # Set when finished, or when its turn to lead a commit comes; made only for a job a task waits
     # for (most write_soon jobs are never waited for).
     wake: trio.Event | None = None
+    number: int = 0         # its place in line: commits take jobs in this order (see withdraw)
 
 
 PendingWrite = _Job
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """What a withdrawn write does."""
 
 
 def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
@@ -126,6 +131,8 @@ class Database:
         self._queue: list[_Job] = []       # calls waiting for the next commit
         self._batch: list[_Job] = []       # the calls the running commit holds
         self._leading: _Job | None = None  # the call whose task runs the current commit
+        self._numbered = 0                 # jobs queued so far (the last job's number)
+        self._taken = 0                    # the number of the last job a commit has taken
         self._flush_scheduled = False      # a task will commit write_soon changes nobody waits for
         self._closed = False
         self._synchronous = writer.execute("PRAGMA synchronous").fetchone()[0]
@@ -156,20 +163,34 @@ class Database:
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on a worker thread inside a write transaction, possibly shared with
         other calls (group commit); returns fn's result, or raises its exception, after COMMIT."""
-        job = _Job(fn, args)
-        self._queue.append(job)
-        return await self.settle(job)
+        return await self.settle(self._enqueue(fn, args))
 
     def write_soon(self, fn: Callable[..., Any], *args: Any) -> PendingWrite:
         """Queue fn for the next commit without waiting for it: it rides along with the next
         `write` (no transaction of its own), and is committed within LAZY_SECONDS if none comes.
         `settle` waits for it when durability matters; close() commits what is still queued."""
-        job = _Job(fn, args)
-        self._queue.append(job)
+        job = self._enqueue(fn, args)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             trio.lowlevel.spawn_system_task(self._flush_later, name="database lazy commit")
         return job
+
+    def _enqueue(self, fn: Callable[..., Any], args: tuple) -> _Job:
+        self._numbered += 1
+        job = _Job(fn, args, number=self._numbered)
+        self._queue.append(job)
+        return job
+
+    def withdraw(self, job: PendingWrite) -> bool:
+        """Turn a queued write into nothing if no commit has taken it yet: for a change that is
+        moot before it reaches the disk (the durable copy of a message its recipient has already
+        confirmed). The job keeps its place in line and still finishes with the commit that would
+        have held it, after everything queued before it (a stanza's XEP-0198 count waits for it).
+        False once a commit has taken it: the change will be written."""
+        if job.number <= self._taken:
+            return False
+        job.fn, job.args = _nothing, ()
+        return True
 
     async def settle(self, job: PendingWrite) -> Any:
         """Wait until `job` is committed (leading the commit if nobody is); its result or error."""
@@ -206,6 +227,7 @@ class Database:
             await trio.sleep(self.commit_delay)  # under load: let the next calls join this commit
         batch, self._queue = self._queue, []
         self._batch = batch
+        self._taken = self._numbered
         try:
             await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
         finally:
@@ -289,6 +311,7 @@ class Database:
         """Commit what write_soon left queued, checkpoint the WAL into the main file and close both
         connections. Idempotent."""
         leftover, self._queue = self._queue, []
+        self._taken = self._numbered
         if leftover and not self._closed:
             self._commit_batch(leftover)
             for job in leftover:

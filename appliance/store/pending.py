@@ -43,5 +43,10 @@ class UntilCommitted(Generic[K]):
             return False
         return True
 
+    def take(self, key: K) -> PendingWrite | None:
+        """Forget `key`; its write if that has not committed yet."""
+        job = self._jobs.pop(key, None)
+        return job if job is not None and not job.finished else None
+
     def __len__(self) -> int:
         return len(self._jobs)
