@@ -103,6 +103,10 @@ _STRAY_SM_ACKS = frozenset({f"{{{ns.SM}}}r", f"{{{ns.SM}}}a"})
 
 
 class C2SStream:
+    # One per connection, kept while it is idle: no instance dict (tests/test_session_footprint.py).
+    __slots__ = ("settings", "tls_active", "stage", "username", "stream_id", "_out", "_events", "_parser",
+                 "_sasl", "_mechanism", "_header_sent")
+
     def __init__(self, settings: Settings, *, tls_active: bool = False) -> None:
         self.settings = settings
         self.tls_active = tls_active

@@ -70,6 +70,8 @@ class _RestrictedScanner:
     the next chunk, so a split at any byte boundary cannot hide anything.
     """
 
+    __slots__ = ("_held", "_offset", "_head", "_in_cdata", "start_tags")
+
     def __init__(self) -> None:
         self._held = b""
         self._offset = 0  # stream offset of the first byte of the next buffer
@@ -185,6 +187,11 @@ class StreamParser:
     idle; the next feed() builds a new one from the stream header as it was received, so
     namespaces declared on the header keep applying, and goes on as if nothing had happened.
     """
+
+    # One per connection, kept while it is idle: no instance dict (tests/test_session_footprint.py).
+    __slots__ = ("_max_bytes", "_slice", "_max_depth", "_default_ns", "_lxml", "_scanner", "_utf8",
+                 "_utf8_partial", "_root", "_level", "_starts", "_pending", "_last_byte", "_boundary",
+                 "_ended", "_failed", "_logged", "_head", "_tail", "_header", "bytes_fed")
 
     def __init__(self, *, max_stanza_bytes: int = 262144, max_depth: int = 32,
                  default_ns: str = ns.CLIENT) -> None:
