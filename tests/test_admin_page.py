@@ -26,6 +26,7 @@ from tests.test_invites_xmpp import Invitee
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+SENT_PAGE = re.compile(r"/admin/notifications/\d+$")  # where sending a notification lands
 
 
 @dataclass
@@ -286,8 +287,8 @@ def test_browser_signs_in_and_creates_an_invite(site: Site, browser: Any) -> Non
 @needs_browser
 def test_browser_sends_a_notification_and_sees_it_delivered(site: Site, browser: Any) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import Select
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     def send() -> str:
         browser.get(f"http://127.0.0.1:{site.port}/admin/notifications")
@@ -302,6 +303,13 @@ def test_browser_sends_a_notification_and_sees_it_delivered(site: Site, browser:
         browser.find_element(By.ID, "names").send_keys("dave")
         shot(browser, "4-notification-form")
         browser.find_element(By.CSS_SELECTOR, "form[action='/admin/notifications/send'] button").click()
+        # The click may return before the POST's redirect has landed (a CI rehearsal read the
+        # form's own URL here): wait for the notification's page, or give up and let the
+        # assertion below say where the browser is.
+        try:
+            WebDriverWait(browser, 15).until(lambda b: SENT_PAGE.search(b.current_url))
+        except TimeoutException:
+            pass
         return browser.current_url
 
     def read_delivered() -> str:
@@ -327,7 +335,7 @@ def test_browser_sends_a_notification_and_sees_it_delivered(site: Site, browser:
         await dave.logout()
         return url, count, message
     url, count, message = run(scenario())
-    assert re.search(r"/admin/notifications/\d+$", url)
+    assert SENT_PAGE.search(url), url
     assert "Dinner is ready" in str(message)
     assert count == "1"
     assert browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]").get_attribute("content") == "2"
