@@ -94,28 +94,17 @@ class Transport(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write `data`, after what send_now left unsent."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        after: memoryview | None = memoryview(data)
         waited = False
-        for view in self._queued(data):
-            while view:
-                try:
-                    # TLS: after SSLWantWriteError OpenSSL wants the same bytes again, as here.
-                    view = view[self.sock.send(view):]
-                except (BlockingIOError, ssl.SSLWantWriteError):
-                    self._unsent = view  # still first in line if this wait is cancelled
-                    await self._wait_writable()
-                    self._unsent, waited = None, True
-                except ssl.SSLWantReadError:  # a renegotiation, which OpenSSL 3 refuses by default
-                    self._unsent = view
-                    await self._wait_readable()
-                    self._unsent, waited = None, True
-                except OSError as exc:
-                    raise _stream_error(exc) from exc
-        if not waited:
+        while self._unsent is not None or after is not None:
+            if self._unsent is None:
+                self._unsent, after = after, None
+            blocked = self._send_unsent()  # what is unsent stays first in line if a wait is cancelled
+            if blocked:
+                await self._wait(blocked)
+                waited = True
+        if not waited:  # a wait was this call's schedule point; without one, yield here
             await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def _queued(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
-        unsent, self._unsent = self._unsent, None
-        return [unsent, memoryview(data)] if unsent is not None else [memoryview(data)]
 
     @property
     def has_unsent(self) -> bool:
@@ -126,16 +115,29 @@ class Transport(trio.abc.Stream):
         and goes first with the next send_all, which must follow (TLS wants the same bytes again).
         Saves a task and two schedule points per write when, as usual, the socket has room."""
         assert self._unsent is None, "send_now while bytes wait for send_all"
-        view = memoryview(data)
+        self._unsent = memoryview(data)
+        return not self._send_unsent()
+
+    def _send_unsent(self) -> int:
+        """Send what is unsent as far as the socket takes it: 0 when all of it went, else the
+        direction to wait in (_WRITE, or _READ for a renegotiation, which OpenSSL 3 refuses by
+        default) before trying again with the same bytes, as TLS requires."""
+        view = self._unsent
+        assert view is not None
         while view:
             try:
                 view = view[self.sock.send(view):]
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            except (BlockingIOError, ssl.SSLWantWriteError):
                 self._unsent = view
-                return False
+                return _WRITE
+            except ssl.SSLWantReadError:
+                self._unsent = view
+                return _READ
             except OSError as exc:
+                self._unsent = None  # the link is gone: nothing will follow
                 raise _stream_error(exc) from exc
-        return True
+        self._unsent = None
+        return 0
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait_writable()
