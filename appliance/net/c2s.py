@@ -39,6 +39,7 @@ WRITE_BATCH = 64
 GOODBYE_SECONDS = 2.0  # how long a closing stream may take to write what is queued
 COUNTED_WAIT_SECONDS = 5.0  # a resumption waits at most this long for the old reader to count its stanzas
 PARSER_IDLE_SECONDS = 30.0  # a client silent this long between stanzas: its XML parser is released
+ROOM_WAIT_SECONDS = 1.0  # a reader waits this long for room for its client's answers (see _room_for_answers)
 TRIM_DELAY = 10.0           # freed memory goes back to the system this long after a release...
 TRIM_EVERY = 60.0           # ...and at most this often
 
@@ -190,11 +191,15 @@ class _Outbox:
     async def put_wait(self, item: bytes | Element) -> bool:
         """Put, waiting while the outbox is full; False once it is closed."""
         await trio.lowlevel.checkpoint()
+        await self.room()
+        return self.put(item)
+
+    async def room(self) -> None:
+        """Wait while the outbox is full (not at all once it is closed)."""
         while not self.closed and len(self.items) >= self.limit:
             if self._room is None:
                 self._room = trio.lowlevel.ParkingLot()
             await self._room.park()
-        return self.put(item)
 
     def take(self, count: int) -> list[bytes | Element]:
         batch = self.items[:count]
@@ -522,6 +527,18 @@ class Connection:
         self._write_soon()
         return True
 
+    async def _room_for_answers(self) -> None:
+        """Before the reader routes a stanza: if the client's outbox is full of what it has not
+        been offered yet (the reader's own deferred writes, a writer that has not run: a burst of
+        patient answers leaves it so), let the writer make room, for ROOM_WAIT_SECONDS at most, so
+        that the answer to this stanza does not judge the client a slow reader for bytes never
+        sent. A client that does not read stays full, and is judged so by that answer."""
+        if len(self.outbox.items) < self.outbox.limit:
+            return
+        self.service.flush_dirty()
+        with trio.move_on_after(ROOM_WAIT_SECONDS):
+            await self.outbox.room()
+
     async def _read_loop(self) -> None:
         self._ack_from = trio.current_time()
         self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
@@ -560,6 +577,7 @@ class Connection:
             await self._push_wait(pending)
         for event in events:
             if isinstance(event, c2s.StanzaIn):
+                await self._room_for_answers()
                 writes: list[PendingWrite] = []
                 await self._route(event.stanza, writes)
                 self._count_after(writes)
