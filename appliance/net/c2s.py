@@ -758,7 +758,7 @@ class Connection:
         deferred to the end of the stanza when the caller is a reader routing one. A writer task
         runs in the service's nursery (a nursery per connection would cost every idle one), so it
         hands its failure to the reader, and the reader waits for it before going."""
-        if not self.outbox.items or self._writing or not self._serving or self.service.nursery is None:
+        if not self._write_due():
             return
         service = self.service
         if service.deferring and trio.lowlevel.current_task() in service.deferring:
@@ -768,9 +768,13 @@ class Connection:
             return
         self.write_now()
 
+    def _write_due(self) -> bool:
+        """Something to write, and nobody writing it yet (an idle or closing connection has no writer)."""
+        return bool(self.outbox.items) and not self._writing and self._serving and self.service.nursery is not None
+
     def write_now(self) -> None:
         self._dirty = False
-        if not self.outbox.items or self._writing or not self._serving or self.service.nursery is None:
+        if not self._write_due():
             return
         session = self.session
         if session is None or session.sm is None or not session.sm.counting or self.transport.has_unsent:
