@@ -96,9 +96,10 @@ class Archiver:
             strip_stanza_ids(routed.el, str(routed.to_bare))
         if not archivable(routed.el):
             return False
-        entries = self._entries(routed, owner_out, owner_in)
+        now_us = time.time_ns() // 1000
+        entries = self._entries(routed, owner_out, owner_in, now_us)
         if entries:
-            self._write(routed, entries)
+            self._write(routed, entries, now_us)
             incoming = next((e for e in entries if e.username == owner_in), None)
             if incoming is not None:
                 stamp_stanza_id(routed.el, str(routed.to_bare), store.id_for(incoming.seq))
@@ -112,22 +113,23 @@ class Archiver:
             return None  # a local user's message going round again: it was handled the first time
         return routed.to_bare.local
 
-    def _entries(self, routed: Routed, owner_out: str | None, owner_in: str | None) -> list[store.Entry]:
+    def _entries(self, routed: Routed, owner_out: str | None, owner_in: str | None,
+                 now_us: int) -> list[store.Entry]:
         stanza = serialize(routed.el)
         entries = []
         if owner_in is not None and self.wants(owner_in, routed.from_):
-            entries.append(self._entry(owner_in, routed.from_, False, stanza))
+            entries.append(self._entry(owner_in, routed.from_, False, stanza, now_us))
         # To oneself (another resource, or no 'to'): one row, the incoming one (an archive holds a
         # message once).
         if owner_out is not None and owner_out != owner_in and routed.to is not None \
                 and self.wants(owner_out, routed.to):
-            entries.append(self._entry(owner_out, routed.to, True, stanza))
+            entries.append(self._entry(owner_out, routed.to, True, stanza, now_us))
         return entries
 
-    def _entry(self, user: str, other: JID, outgoing: bool, stanza: bytes) -> store.Entry:
+    def _entry(self, user: str, other: JID, outgoing: bool, stanza: bytes, now_us: int) -> store.Entry:
         if self._last_seq is None:
             self._last_seq = self.server.db.read(store.last_seq)
-        self._last_seq = seq = max(time.time_ns() // 1000, self._last_seq + 1)
+        self._last_seq = seq = max(now_us, self._last_seq + 1)
         return store.Entry(user, seq, str(other.bare), other.resource or "", outgoing, stanza)
 
     def wants(self, user: str, other: JID) -> bool:
@@ -136,10 +138,10 @@ class Archiver:
             return self.server.db.read(roster.get_item, user, str(other.bare)) is not None
         return rule == "always"
 
-    def _write(self, routed: Routed, entries: list[store.Entry]) -> None:
+    def _write(self, routed: Routed, entries: list[store.Entry], now_us: int) -> None:
         """Queue the archive rows to commit with the message's durable copy (one transaction, not
         two); the router settles them before the sender's stream counts the message as handled."""
-        routed.writes.append(self.server.db.write_soon(self._archive, entries, self.purge_due(time.time_ns() // 1000)))
+        routed.writes.append(self.server.db.write_soon(self._archive, entries, self.purge_due(now_us)))
 
     def _archive(self, conn: sqlite3.Connection, entries: list[store.Entry], purge_before: int | None) -> None:
         """On the writer thread. A message to an unknown account archives nothing (delivery
