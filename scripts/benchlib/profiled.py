@@ -5,9 +5,8 @@ thread, SIGRTMIN+4 stops it and writes `$PROFILE_OUT.N.prof` (N counts from 1), 
     BENCH_PROFILED=1 PROFILE_OUT=/tmp/run scripts/bench --only appliance --scenarios messages
     kill -s RTMIN+3 <server pid>; sleep 10; kill -s RTMIN+4 <server pid>
 
-(SIGUSR1 is the server's own: it logs its statistics.) cProfile's call counts are exact; its
-times are inflated about 1.5x for small functions, so compare them with each other only. The
-cyclic garbage collector's passes in the same window (count and seconds, per generation), which
+cProfile's call counts are exact; its times are inflated about 1.5x for small functions, so compare
+them with each other only. The cyclic garbage collector's passes in the same window (count and seconds, per generation), which
 cProfile does not see, go to `$PROFILE_OUT.N.gc`.
 """
 
@@ -16,11 +15,9 @@ from __future__ import annotations
 import cProfile
 import gc
 import json
-import os
-import runpy
-import signal
-import sys
 import time
+
+from switched import output, run_appliance  # a sibling: this file runs as a script
 
 _profile: cProfile.Profile | None = None
 _written = 0
@@ -51,16 +48,12 @@ def _stop(*_: object) -> None:
     if _profile is not None:
         _profile.disable()
         _written += 1
-        out = f"{os.environ.get('PROFILE_OUT', 'appliance')}.{_written}"
-        _profile.dump_stats(f"{out}.prof")
+        _profile.dump_stats(output(_written, "prof"))
         _profile = None
-        with open(f"{out}.gc", "w") as file:
+        with open(output(_written, "gc"), "w") as file:
             json.dump({"passes_and_seconds_by_generation": _gc_passes, "thresholds": gc.get_threshold()}, file)
 
 
 if __name__ == "__main__":
     gc.callbacks.append(_time_gc)
-    signal.signal(signal.SIGRTMIN + 3, _start)
-    signal.signal(signal.SIGRTMIN + 4, _stop)
-    sys.argv = ["appliance", *sys.argv[1:]]
-    runpy.run_module("appliance", run_name="__main__", alter_sys=True)
+    run_appliance(_start, _stop)

@@ -11,14 +11,11 @@ while it waited.
 from __future__ import annotations
 
 import json
-import os
-import runpy
-import signal
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable
+
+from switched import output, run_appliance  # a sibling: this file runs as a script
 
 _steps: defaultdict[str, list[float]] = defaultdict(lambda: [0, 0.0])
 _window_start = (0.0, 0.0)  # thread CPU, process CPU
@@ -62,15 +59,9 @@ def _stop(*_: object) -> None:
     figures: dict[str, Any] = dict(_steps)
     figures["event_loop_thread"] = [0, time.thread_time() - _window_start[0]]
     figures["process"] = [0, time.process_time() - _window_start[1]]
-    with open(f"{os.environ.get('PROFILE_OUT', 'appliance')}.{_written}.timed", "w") as file:
+    with open(output(_written, "timed"), "w") as file:
         json.dump(figures, file, indent=1)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's appliance
-    _install()
-    # Python runs signal handlers in the main thread, which is the event loop's.
-    signal.signal(signal.SIGRTMIN + 3, _start)
-    signal.signal(signal.SIGRTMIN + 4, _stop)
-    sys.argv = ["appliance", *sys.argv[1:]]
-    runpy.run_module("appliance", run_name="__main__", alter_sys=True)
+    run_appliance(_start, _stop, prepare=_install)
