@@ -207,3 +207,32 @@ def test_a_failed_handshake_is_a_broken_resource(contexts):
             await server.start_tls(contexts[0])
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_reads_after_one_that_took_everything_wait_first_and_miss_nothing(contexts, tls):
+    """After a read that took all there was, the next one waits for readability before reading.
+    That is only safe if nothing can hide where the wait does not look: several TLS records sent
+    in one write (OpenSSL must not have read ahead past the first one), a record split across
+    writes, reads smaller than what arrived, and the end of the stream."""
+    async def main():
+        server, client = await pair(contexts if tls else None)
+        blob = bytes(range(256)) * 160  # 40 KiB: three TLS records in one write
+        with trio.fail_after(5):  # a read waiting for bytes already taken in would hang here
+            await client.send_all(blob)
+            got = await server.receive_some()
+            assert server._drained == (len(got) < 65536)
+            got += await read_exactly(server, len(blob) - len(got))
+            assert got == blob
+            await client.send_all(b"<r/>")
+            assert await server.receive_some(2) == b"<r"  # less than arrived: not drained
+            assert not server._drained
+            assert await server.receive_some() == b"/>"
+            assert server._drained
+            await client.send_all(b"<a h='1'/>")
+            assert await server.receive_some() == b"<a h='1'/>"
+            await client.aclose()
+            assert await server.receive_some() == b""
+        await server.aclose()
+
+    trio.run(main)

@@ -28,7 +28,7 @@ class Due(Exception):
 
 
 class Transport(trio.abc.Stream):
-    __slots__ = ("sock", "deadline", "reader", "_scope", "_waiting", "_unsent")
+    __slots__ = ("sock", "deadline", "reader", "_scope", "_waiting", "_unsent", "_drained")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         # Trio's socket gives its descriptor up; options set on it (TCP_NODELAY) stay.
@@ -39,6 +39,7 @@ class Transport(trio.abc.Stream):
         self._scope: trio.CancelScope | None = None
         self._waiting = 0  # _READ and _WRITE: directions a task waits on the socket in
         self._unsent: memoryview | None = None  # what send_now could not write: send_all's first
+        self._drained = False  # the last read took all there was: the next one waits first
 
     @property
     def tls(self) -> bool:
@@ -71,10 +72,14 @@ class Transport(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
+        max_bytes = max_bytes or DEFAULT_READ
+        waited = self._drained
+        if waited:  # a read now would only fail (a system call and an exception): wait first
+            self._drained = False
+            await self._wait_for_bytes()
         while True:
             try:
-                data = self.sock.recv(max_bytes or DEFAULT_READ)  # TLS: what OpenSSL holds comes first
+                data = self.sock.recv(max_bytes)  # TLS: what OpenSSL holds comes first
                 break
             except (BlockingIOError, ssl.SSLWantReadError):
                 await self._wait_for_bytes()
@@ -89,7 +94,16 @@ class Transport(trio.abc.Stream):
                 raise _stream_error(exc) from exc
         if not waited:  # a wait was this call's schedule point; without one, yield here
             await trio.lowlevel.cancel_shielded_checkpoint()
+        self._drained = self._took_all(data, max_bytes)
         return data
+
+    def _took_all(self, data: bytes, max_bytes: int) -> bool:
+        """Whether a read left nothing behind: fewer bytes than asked for, and (TLS) nothing
+        OpenSSL decrypted and kept. Without read-ahead OpenSSL reads one record at a time, so
+        anything more is still in the kernel, where the wait for readability sees it at once."""
+        if not data or len(data) >= max_bytes:
+            return False
+        return not isinstance(self.sock, ssl.SSLSocket) or not self.sock.pending()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write `data`, after what send_now left unsent."""

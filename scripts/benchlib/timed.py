@@ -11,6 +11,7 @@ while it waited.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections import defaultdict
 from typing import Any, Callable
@@ -36,6 +37,27 @@ def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _timed_async(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For a coroutine that does not suspend on the measured path: if it does, the CPU of what
+    ran meanwhile on this thread is counted too (`suspended` counts those calls)."""
+    clock = time.thread_time
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started, steps = clock(), _step_count[0]
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            step = _steps[label]
+            step[0] += 1
+            step[1] += clock() - started
+            if _step_count[0] != steps:
+                _steps[label + " (suspended)"][0] += 1
+    return wrapper
+
+
+_step_count = [0]
+
+
 def _install() -> None:
     from appliance.features import mam
     from appliance.net import c2s, transport
@@ -43,18 +65,49 @@ def _install() -> None:
     for cls, name in ((c2s_proto.C2SStream, "receive_data"), (xmlstream.StreamParser, "_detach"),
                       (c2s.Connection, "write_now"), (c2s.Connection, "_compose"),
                       (transport.Transport, "send_now"), (mam.Archiver, "_entries"),
-                      (mam.Archiver, "_write")):
+                      (mam.Archiver, "_write"), (ssl.SSLSocket, "recv"), (xmlstream.StreamParser, "feed")):
         setattr(cls, name, _timed(f"{cls.__name__}.{name}", getattr(cls, name)))
+    from appliance.core import server
+    for cls, name in ((c2s.Connection, "_received"), (server.Server, "route"), (server.Server, "emit"),
+                      (c2s.Connection, "_route")):
+        setattr(cls, name, _timed_async(f"{cls.__name__}.{name}", getattr(cls, name)))
+
+
+class _TaskSteps:
+    """A Trio instrument: the thread CPU spent inside task steps, per task name. What the window's
+    thread CPU has beyond their sum is Trio's own scheduling and I/O polling (and this instrument)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None  # None: the window began inside a step
+
+    def before_task_step(self, task: Any) -> None:
+        self.started = time.thread_time()
+
+    def after_task_step(self, task: Any) -> None:
+        if self.started is None:
+            return
+        step = _steps[f"task step: {task.name.rsplit('.', 1)[-1]}"]
+        step[0] += 1
+        step[1] += time.thread_time() - self.started
+        _step_count[0] += 1
+
+
+_instrument = _TaskSteps()
 
 
 def _start(*_: object) -> None:
     global _window_start
     _steps.clear()
     _window_start = (time.thread_time(), time.process_time())
+    _instrument.started = None
+    import trio  # the signal handler runs on the event loop's thread, between two of its steps
+    trio.lowlevel.add_instrument(_instrument)
 
 
 def _stop(*_: object) -> None:
     global _written
+    import trio
+    trio.lowlevel.remove_instrument(_instrument)
     _written += 1
     figures: dict[str, Any] = dict(_steps)
     figures["event_loop_thread"] = [0, time.thread_time() - _window_start[0]]
