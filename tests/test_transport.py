@@ -1,5 +1,6 @@
 """appliance/net/transport.py in-process, over socket pairs: plaintext and TLS on the socket, the
-reader's deadline (Due) that loses nothing, big writes, and the ways a connection ends."""
+reader's deadline (timed_reads, net/alarms.py) that loses nothing and never interrupts what the
+reader does between reads, big writes, and the ways a connection ends."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import trio
 import trio.testing
 
 from appliance.net import certs
-from appliance.net.transport import Due, Transport
+from appliance.net.alarms import alarms
+from appliance.net.transport import Transport
 
 DOMAIN = "transport.test"
 
@@ -84,8 +86,16 @@ class Halting(trio.abc.Stream):
         await self.inner.aclose()
 
 
+async def timed_read(server: Transport, deadline: float) -> bytes | None:
+    """One read as the reader does it; None when the deadline passed first."""
+    with server.timed_reads():
+        server.deadline = deadline
+        return await server.receive_some()
+    return None
+
+
 @pytest.mark.parametrize("tls", [False, True])
-def test_deadline_raises_due_and_loses_nothing(contexts, tls):
+def test_a_passed_deadline_cancels_the_reads_and_loses_nothing(contexts, tls):
     """Half a TLS record arrives, the deadline passes, the rest arrives: OpenSSL kept the half."""
     async def main():
         a, b = trio.socket.socketpair()
@@ -96,10 +106,9 @@ def test_deadline_raises_due_and_loses_nothing(contexts, tls):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.start_tls, contexts[0])
                 nursery.start_soon(client.do_handshake)
-        server.reader = trio.lowlevel.current_task()
-        server.deadline = trio.current_time() + 0.05
-        with pytest.raises(Due):
-            await server.receive_some()
+        started = trio.current_time()
+        assert await timed_read(server, started + 0.05) is None
+        assert 0.05 <= trio.current_time() - started < 2
         record = b"x" * 3000
         wire.halt_after = 1000
         async with trio.open_nursery() as nursery:
@@ -107,15 +116,96 @@ def test_deadline_raises_due_and_loses_nothing(contexts, tls):
             await wire.halted.wait()
             got = b""
             if not tls:
-                got = await server.receive_some()  # plaintext: the first 1000 bytes are simply there
-            server.deadline = trio.current_time() + 0.05
-            with pytest.raises(Due):
-                await server.receive_some()
+                got = await timed_read(server, trio.current_time() + 5)  # plaintext: 1000 bytes are there
+            assert await timed_read(server, trio.current_time() + 0.05) is None
             wire.go.set()
-            server.deadline = trio.current_time() + 5
-            got += await read_exactly(server, len(record) - len(got))
+            with server.timed_reads():
+                server.deadline = trio.current_time() + 5
+                got += await read_exactly(server, len(record) - len(got))
         assert got == record
-        server.reader = None
+        server.untimed()
+
+    trio.run(main)
+
+
+def test_a_deadline_already_passed_cancels_the_next_wait():
+    async def main():
+        server, client = await pair()
+        assert await timed_read(server, trio.current_time() - 1) is None
+        await client.send_all(b"<r/>")
+        assert await timed_read(server, trio.current_time() - 1) == b"<r/>"  # bytes there: no wait
+
+    trio.run(main)
+
+
+def test_what_the_reader_does_between_reads_is_never_cancelled():
+    """The deadline passes while the reader handles what it read (it may wait on other things
+    then): that work runs to its end; only the next wait for bytes is cut short."""
+    async def main():
+        server, client = await pair()
+        await client.send_all(b"<message/>")
+        handled = []
+        with server.timed_reads() as reads:
+            server.deadline = trio.current_time() + 0.05
+            data = await server.receive_some()
+            await trio.sleep(0.2)  # past the deadline, with checkpoints
+            handled.append(data)
+            await server.receive_some()
+        assert handled == [b"<message/>"] and reads.cancelled_caught
+
+    trio.run(main)
+
+
+def test_a_deadline_that_moved_later_waits_for_the_new_one():
+    """Deadlines mostly move later (every read pushes the idle timeout on): the alarm for the
+    old one comes, finds the reader waiting with a later deadline, and waits for that."""
+    async def main():
+        server, client = await pair()
+        await client.send_all(b"<a/>")
+        started = trio.current_time()
+        with server.timed_reads() as reads:
+            server.deadline = started + 0.05
+            server._arm()  # the alarm a first wait asks for
+            assert await server.receive_some() == b"<a/>"
+            server.deadline = started + 0.3
+            await server.receive_some()
+        assert reads.cancelled_caught and trio.current_time() - started >= 0.3
+
+    trio.run(main)
+
+
+def test_other_tasks_wait_without_a_deadline():
+    async def main():
+        server, client = await pair()
+        with server.timed_reads():
+            server.deadline = trio.current_time() - 1
+
+            async def other() -> None:
+                assert await server.receive_some() == b"late"
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                await trio.sleep(0.1)
+                await client.send_all(b"late")
+
+    trio.run(main)
+
+
+def test_many_readers_each_woken_at_its_own_deadline():
+    async def main():
+        started, woken = trio.current_time(), {}
+
+        async def reader(index: int, server: Transport) -> None:
+            assert await timed_read(server, started + 0.02 * (index % 5)) is None
+            woken[index] = trio.current_time() - started
+
+        pairs = [await pair() for _ in range(20)]
+        async with trio.open_nursery() as nursery:
+            for index, (server, _) in enumerate(pairs):
+                nursery.start_soon(reader, index, server)
+        for index, delay in woken.items():
+            assert 0.02 * (index % 5) <= delay < 0.02 * (index % 5) + 1
+        assert len(woken) == 20 and len(alarms()) == 0
 
     trio.run(main)
 
@@ -126,11 +216,7 @@ def test_wake_by_ends_a_waiting_read_sooner(contexts):
         outcome = []
 
         async def reader():
-            server.reader = trio.lowlevel.current_task()
-            server.deadline = trio.current_time() + 60
-            try:
-                await server.receive_some()
-            except Due:
+            if await timed_read(server, trio.current_time() + 60) is None:
                 outcome.append(trio.current_time())
 
         async with trio.open_nursery() as nursery:

@@ -24,7 +24,7 @@ from appliance.core.server import Server
 from appliance.core.session import Session
 from appliance.net import sm
 from appliance.net.listeners import open_listeners
-from appliance.net.transport import Due, Transport
+from appliance.net.transport import Transport
 from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import InvalidJID
@@ -542,24 +542,28 @@ class Connection:
     async def _read_loop(self) -> None:
         self._ack_from = trio.current_time()
         self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
-        self.transport.reader = trio.lowlevel.current_task()
         try:
             while True:
-                self.transport.deadline = self._next_deadline(trio.current_time())
-                try:
-                    data = await self.stream.receive_some(READ_SIZE)
-                except Due:
-                    if self._deadline_passed(trio.current_time()):
-                        return
-                    continue
-                if not data:
+                with self.transport.timed_reads():
+                    await self._read_until_over()
                     return
-                self.last_heard = trio.current_time()
-                self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
-                if await self._received(data):
+                # The deadline passed while the reader waited for bytes (only then is the scope
+                # cancelled: never between a read and the end of what it brought).
+                if self._deadline_passed(trio.current_time()):
                     return
         finally:
-            self.transport.deadline, self.transport.reader = math.inf, None
+            self.transport.untimed()
+
+    async def _read_until_over(self) -> None:
+        while True:
+            self.transport.deadline = self._next_deadline(trio.current_time())
+            data = await self.stream.receive_some(READ_SIZE)
+            if not data:
+                return
+            self.last_heard = trio.current_time()
+            self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
+            if await self._received(data):
+                return
 
     async def _received(self, data: bytes) -> bool:
         """Handle what the client sent; True when the stream is over.

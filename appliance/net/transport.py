@@ -5,8 +5,10 @@ wait_readable/wait_writable), not on memory BIOs as trio.SSLStream does: no two 
 keep the size of the largest burst for the life of the connection, no locks, and OpenSSL keeps
 what it has read or has still to write, so a read given up at a deadline loses nothing.
 
-The reader's deadline (Connection's timers) applies to its waits for bytes only: when it passes,
-receive_some raises Due between two reads, and the stream stays usable.
+The reader's deadline (Connection's timers) applies to its waits for bytes only: the reader enters
+`timed_reads()` once around its loop, and when `deadline` passes while it waits for bytes, that
+scope is cancelled; what it does between reads is never interrupted, and the stream stays usable.
+The deadline is watched by net/alarms.py, not by a cancel scope per wait (see there why).
 """
 
 from __future__ import annotations
@@ -18,17 +20,15 @@ import ssl
 
 import trio
 
+from appliance.net.alarms import alarms
+
 DEFAULT_READ = 65536
 _BUSY_POLL = 0.01  # the rare wait another task is already doing on the same socket and direction
 _READ, _WRITE = 1, 2
 
 
-class Due(Exception):
-    """The reader's deadline passed before any byte arrived."""
-
-
 class Transport(trio.abc.Stream):
-    __slots__ = ("sock", "deadline", "reader", "_scope", "_waiting", "_unsent", "_drained")
+    __slots__ = ("sock", "deadline", "reader", "_reads", "_armed", "_parked", "_waiting", "_unsent", "_drained")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         # Trio's socket gives its descriptor up; options set on it (TCP_NODELAY) stay.
@@ -36,7 +36,9 @@ class Transport(trio.abc.Stream):
         self.sock.setblocking(False)
         self.deadline = math.inf
         self.reader: trio.lowlevel.Task | None = None  # the task the deadline applies to
-        self._scope: trio.CancelScope | None = None
+        self._reads: trio.CancelScope | None = None  # the reader's, from timed_reads()
+        self._armed = math.inf  # when this transport's live entry in the alarms comes
+        self._parked = False  # the reader is waiting for bytes
         self._waiting = 0  # _READ and _WRITE: directions a task waits on the socket in
         self._unsent: memoryview | None = None  # what send_now could not write: send_all's first
         self._drained = False  # the last read took all there was: the next one waits first
@@ -63,12 +65,42 @@ class Transport(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def timed_reads(self) -> trio.CancelScope:
+        """For the calling task's loop of reads: a cancel scope to enter around it, cancelled when
+        `deadline` passes while this task waits for bytes (and only then). Once it has been, the
+        reader leaves it, does what is due and enters a new one."""
+        self.reader = trio.lowlevel.current_task()
+        self._reads = trio.CancelScope()
+        return self._reads
+
+    def untimed(self) -> None:
+        """The reader's loop is over: no deadline any more."""
+        self.deadline, self.reader, self._reads, self._armed = math.inf, None, None, math.inf
+
     def wake_by(self, deadline: float) -> None:
         """Bring the deadline forward, also for a read already waiting (called from other tasks)."""
         if deadline < self.deadline:
             self.deadline = deadline
-            if self._scope is not None:
-                self._scope.deadline = deadline
+            if self._parked:
+                self._arm()
+
+    def alarm(self, when: float, now: float) -> None:
+        """From net/alarms.py: a time this transport asked for has come."""
+        if when != self._armed:
+            return  # an entry an earlier one replaced, or the loop is over
+        self._armed = math.inf
+        if not self._parked:
+            return  # the reader is busy: its next wait asks again
+        if now >= self.deadline:
+            assert self._reads is not None
+            self._reads.cancel()
+        else:
+            self._arm()  # the deadline moved on since
+
+    def _arm(self) -> None:
+        if self.deadline < self._armed:
+            self._armed = self.deadline
+            alarms().at(self.deadline, self)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -174,17 +206,20 @@ class Transport(trio.abc.Stream):
     # ---- waiting on the socket --------------------------------------------------------------------
 
     async def _wait_for_bytes(self) -> None:
-        """The reader waits until its deadline (Due), others as long as it takes."""
-        if trio.lowlevel.current_task() is not self.reader:
+        """The reader waits until its deadline (then its timed_reads() scope is cancelled), others
+        as long as it takes."""
+        reads = self._reads
+        if reads is None or trio.lowlevel.current_task() is not self.reader:
             await self._wait_readable()
             return
-        with trio.CancelScope(deadline=self.deadline) as self._scope:
-            try:
-                await self._wait_readable()
-            finally:
-                self._scope = None
-            return
-        raise Due
+        self._arm()
+        self._parked = True
+        try:
+            await self._wait_readable()
+        finally:
+            self._parked = False
+        if reads.cancel_called:  # the alarm came in the same round as the bytes: the deadline wins
+            await trio.lowlevel.checkpoint()  # raises Cancelled, caught by the reader's scope
 
     async def _wait_readable(self) -> None:
         await self._wait(_READ)
