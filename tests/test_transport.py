@@ -322,3 +322,50 @@ def test_reads_after_one_that_took_everything_wait_first_and_miss_nothing(contex
         await server.aclose()
 
     trio.run(main)
+
+
+def test_alarms_after_the_reader_was_woken_and_before_it_ran_change_nothing():
+    """The alarm cancels the reads; before the reader runs, another task brings the deadline
+    forward (wake_by) and that alarm comes too: the second one must find nothing to do."""
+    async def main():
+        server, client = await pair()
+        outcome = []
+
+        async def reader():
+            outcome.append(await timed_read(server, trio.current_time() + 60))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            now = trio.current_time()
+            server.deadline = now - 1
+            server._armed = now - 1
+            server.alarm(now - 1, now)  # wakes the reader (it has not run yet)
+            server.wake_by(now - 2)
+            server.alarm(server._armed, now)
+        assert outcome == [None]
+
+    trio.run(main)
+
+
+def test_a_failing_sleeper_is_logged_and_the_alarms_go_on(caplog):
+    class Failing:
+        def alarm(self, when: float, now: float) -> None:
+            raise RuntimeError("a bug")
+
+    class Counting:
+        rung = 0
+
+        def alarm(self, when: float, now: float) -> None:
+            self.rung += 1
+
+    async def main():
+        counting = Counting()
+        now = trio.current_time()
+        alarms().at(now, Failing())
+        alarms().at(now + 0.01, counting)
+        await trio.sleep(0.1)
+        assert counting.rung == 1
+
+    trio.run(main)
+    assert "an alarm for" in caplog.text and "a bug" in caplog.text

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from typing import Protocol
 
 import trio
+
+log = logging.getLogger("appliance.net")
 
 
 class Sleeper(Protocol):
@@ -63,7 +66,10 @@ class Alarms:
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, _, sleeper = heapq.heappop(heap)
-            sleeper.alarm(when, now)  # may ask for a later time: pushed, and looked at next round
+            try:
+                sleeper.alarm(when, now)  # may ask for a later time: pushed, and looked at next round
+            except Exception:  # a bug in one sleeper must not end this task, and with it the process
+                log.exception("an alarm for %r failed", sleeper)
 
 
 _ALARMS: trio.lowlevel.RunVar[Alarms] = trio.lowlevel.RunVar("alarms")

@@ -555,13 +555,15 @@ class Connection:
             self.transport.untimed()
 
     async def _read_until_over(self) -> None:
+        now = trio.current_time()
         while True:
-            self.transport.deadline = self._next_deadline(trio.current_time())
+            # `now` may be a stanza's handling old: a deadline it puts in the past is simply due
+            self.transport.deadline = self._next_deadline(now)
             data = await self.stream.receive_some(READ_SIZE)
             if not data:
                 return
-            self.last_heard = trio.current_time()
-            self._parser_idle_at = self.last_heard + PARSER_IDLE_SECONDS
+            self.last_heard = now = trio.current_time()
+            self._parser_idle_at = now + PARSER_IDLE_SECONDS
             if await self._received(data):
                 return
 

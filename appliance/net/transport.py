@@ -89,11 +89,11 @@ class Transport(trio.abc.Stream):
         if when != self._armed:
             return  # an entry an earlier one replaced, or the loop is over
         self._armed = math.inf
-        if not self._parked:
-            return  # the reader is busy: its next wait asks again
+        if not self._parked or self._reads is None:
+            return  # the reader is busy (its next wait asks again), or already woken
         if now >= self.deadline:
-            assert self._reads is not None
             self._reads.cancel()
+            self._reads = None  # the reader's wait sees it (cheaper than asking the scope)
         else:
             self._arm()  # the deadline moved on since
 
@@ -218,7 +218,7 @@ class Transport(trio.abc.Stream):
             await self._wait_readable()
         finally:
             self._parked = False
-        if reads.cancel_called:  # the alarm came in the same round as the bytes: the deadline wins
+        if self._reads is not reads:  # the alarm came in the same round as the bytes: the deadline wins
             await trio.lowlevel.checkpoint()  # raises Cancelled, caught by the reader's scope
 
     async def _wait_readable(self) -> None:
