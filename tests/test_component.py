@@ -126,3 +126,34 @@ def test_a_component_leaving_while_stanzas_are_written_to_it_costs_only_its_conn
         client.disconnect()
 
     run(scenario())
+
+
+def test_a_component_closed_for_breaking_a_rule_bounces_what_comes_while_it_is_told(
+        server: ServerProcess) -> None:
+    """The server ends a component's stream (invalid-from) while its closing words cannot be
+    written yet (the component does not read; its socket is full): a request routed to the
+    component meanwhile is answered with an error at once, not swallowed by the dying link."""
+    user = server.add_user("comp_dying")
+
+    async def scenario() -> None:
+        client = Client(server, f"{user}/desk")
+        await client.login()
+        sock, _ = raw_component(server, SECRET)
+        assert b"<handshake" in read_all(sock, until=b"/>")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner; never read again
+        # More than the kernel buffers of both ends hold (4 MB here), fewer stanzas than the
+        # outbox does (a full outbox bounces too, and would hide what this test is about).
+        for n in range(400):
+            client.send_message(mto=f"device@{APP}", mbody=f"{n} " + "x" * 20_000, mtype="chat")
+        await asyncio.sleep(1.0)
+        sock.sendall(f"<message from='someone@elsewhere.test' to='{user}'><body>forged</body></message>".encode())
+        await asyncio.sleep(0.5)  # the server has ended the link and is trying to say so
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Exception) as failed:
+            await client.plugin["xep_0030"].get_info(jid=APP, timeout=4)
+        assert "remote-server-timeout" in str(failed.value.iq["error"]["condition"])  # type: ignore[attr-defined]
+        assert asyncio.get_running_loop().time() - started < 3
+        sock.close()
+        await client.logout()
+
+    run(scenario())

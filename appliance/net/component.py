@@ -112,6 +112,9 @@ class ComponentLink:
             error = exc
         except trio.TooSlowError:
             error = StreamError("connection-timeout", "no handshake in time")
+        # Detached before the closing words: a stanza routed to this domain while they are written
+        # would wait in an outbox nobody writes any more, lost instead of bounced.
+        self.detach()
         if error is not None:
             log.info("component %s: stream error %s %s", self.domain or "?", error.condition, error.text)
             await self._send(error.to_xml() + STREAM_CLOSE)
