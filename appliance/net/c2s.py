@@ -527,6 +527,15 @@ class Connection:
         self._write_soon()
         return True
 
+    async def _answer(self, data: bytes) -> None:
+        """An answer to what the client has just sent (<a/>, <enabled/>, negotiation): into the
+        outbox at once when it has room, without the schedule point of put_wait (the read that
+        brought the question was one), else waiting for room."""
+        if self.outbox.put(data):
+            self._write_soon()
+        else:
+            await self._push_wait(data)
+
     async def _room_for_answers(self) -> None:
         """Before the reader routes a stanza: if the client's outbox is full of what it has not
         been offered yet (the reader's own deferred writes, a writer that has not run: a burst of
@@ -580,7 +589,7 @@ class Connection:
         events = self.proto.receive_data(data)
         pending = self.proto.data_to_send()
         if pending:
-            await self._push_wait(pending)
+            await self._answer(pending)
         for event in events:
             if isinstance(event, c2s.StanzaIn):
                 await self._room_for_answers()
@@ -588,8 +597,8 @@ class Connection:
                 await self._route(event.stanza, writes)
                 self._count_after(writes)
                 continue
-            with trio.CancelScope(shield=True):  # the count must not be left half-settled
-                await self._count_all()
+            if self._gated:  # stanzas wait for a commit to be counted: settle them first
+                await self._count_all()  # its only wait, Database.settle's, is shielded
             if isinstance(event, c2s.NonzaIn):
                 try:
                     await self._nonza(event.element)
@@ -749,13 +758,13 @@ class Connection:
             return
         name = sm.local(element)
         if name == "enable":
-            await self._push_wait(sm.enable(self, element))
+            await self._answer(sm.enable(self, element))
         elif name == "r" and session.sm is not None:
-            await self._push_wait(session.sm.ack_xml())
+            await self._answer(session.sm.ack_xml())
         elif name == "a" and session.sm is not None:
             await self.server.confirm(session, session.sm.ack(parse_h(element)))
         elif name == "resume":
-            await self._push_wait(failed_xml("unexpected-request"))
+            await self._answer(failed_xml("unexpected-request"))
         # <r/> and <a/> without stream management: nothing to count or settle, ignored (see proto.c2s)
 
     def _write_soon(self) -> None:
