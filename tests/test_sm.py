@@ -239,6 +239,29 @@ def test_a_burst_in_one_read_shares_its_commits_and_is_all_acked(sm_server: Serv
     b.close()
 
 
+def test_an_ack_request_waiting_for_the_disk_does_not_stop_the_reader(sm_server: ServerProcess) -> None:
+    """A phone asks for an ack after each message: the <a/> waits for the message's commit, but
+    the stanzas after the <r/> are handled meanwhile (the ping is answered first), and each <r/>
+    gets its own answer, in order, counting exactly the stanzas before it."""
+    a_jid, b_jid = pair(sm_server)
+    a, b = online(sm_server, a_jid), online(sm_server, b_jid)
+    enable(a)
+    before = acked_by_server(a)
+    ping = f"<iq type='get' id='p-ack' to='{sm_server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    a.send(f"<message to='{b_jid}' type='chat'><body>asked</body></message><r xmlns='{SM}'/>"
+           f"{ping}<r xmlns='{SM}'/>")
+    data = a.read_until(b"<a xmlns='urn:xmpp:sm:3' h='")
+    data += a.read_until(b"/>")
+    data += a.read_until(b"<a xmlns='urn:xmpp:sm:3' h='")
+    data += a.read_until(b"/>")
+    assert data.index(b'id="p-ack"') < data.index(b"<a xmlns")
+    assert re.findall(rb"<a xmlns='urn:xmpp:sm:3' h='(\d+)'/>", data) == [
+        str(before + 1).encode(), str(before + 2).encode()]
+    assert read_messages(b, 1) == ["asked"]
+    a.close()
+    b.close()
+
+
 def test_ack_for_more_than_was_sent_is_a_stream_error(sm_server: ServerProcess) -> None:
     _, b_jid = pair(sm_server)
     b = online(sm_server, b_jid)

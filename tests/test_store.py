@@ -498,3 +498,49 @@ async def test_close_commits_what_write_soon_left(tmp_path):
     db.close()
     with Database.open(path) as again:
         assert again.read(roster.count_items, "alice") == 1
+
+
+async def test_after_calls_back_once_committed_and_soon_without_a_waiting_task(db, alice):
+    """`after` (an XEP-0198 <a/> for a phone's <r/>): nobody waits, yet the commit comes well
+    before the lazy one (LAZY_SECONDS), and the callbacks run in the order of the writes, after
+    their changes are on disk."""
+    seen = []
+    first = db.write_soon(_add_item, "alice", "first@x")
+    second = db.write_soon(_add_item, "alice", "second@x")
+
+    def note(name):
+        seen.append((name, [i.contact for i in db.read(roster.get_roster, "alice")[1]]))
+
+    started = trio.current_time()
+    db.after(second, lambda: note("second"))
+    db.after(first, lambda: note("first"))
+    with trio.fail_after(5):
+        while len(seen) < 2:
+            await trio.sleep(0.005)
+    assert trio.current_time() - started < db_module.LAZY_SECONDS / 2
+    assert seen == [("first", ["first@x", "second@x"]), ("second", ["first@x", "second@x"])]
+    db.after(first, lambda: note("again"))  # already committed: at once
+    assert seen[-1][0] == "again"
+
+
+async def test_after_waits_for_a_running_commit_and_then_for_the_next(db, alice):
+    """A write queued behind a running commit gets a commit of its own soon after, and a failing
+    callback does not keep the others."""
+    started, release = threading.Event(), threading.Event()
+    seen = []
+
+    def slow(conn):
+        started.set()
+        release.wait(5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.write, slow)
+        await trio.to_thread.run_sync(started.wait, 5)
+        behind = db.write_soon(_add_item, "alice", "behind@x")
+        db.after(behind, lambda: 1 / 0)
+        db.after(behind, lambda: seen.append(behind.finished))
+        release.set()
+    with trio.fail_after(db_module.LAZY_SECONDS / 2):
+        while not seen:
+            await trio.sleep(0.005)
+    assert seen == [True]

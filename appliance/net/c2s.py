@@ -28,7 +28,7 @@ from appliance.net.transport import Transport
 from appliance.proto import c2s, ns
 from appliance.proto.errors import StanzaError, StreamError
 from appliance.proto.jid import InvalidJID
-from appliance.proto.sm import REQUEST, failed_xml, parse_h
+from appliance.proto.sm import MOD, REQUEST, StreamManagement, failed_xml, parse_h
 from appliance.proto.stanza import Element, make, stream_header, to_stream
 from appliance.store.db import PendingWrite
 
@@ -582,10 +582,12 @@ class Connection:
         A stanza counts as handled (XEP-0198) once the writes it queued have committed, but the
         reader does not wait for that commit: a stanza with writes becomes the *gate* of the count
         and the stanzas after it count behind it (`_count_after`). The count is brought up to date
-        -- waiting for the gate's commit -- only where it is reported or ends: before any nonza
-        (<r/> is answered with it), at the end of the stream, and when a resumption takes the
-        session over (`counted`). So a reader never waits for the disk between stanzas, a burst
-        shares its commits, and nothing is acknowledged before it is durable."""
+        -- waiting for the gate's commit -- only where it is reported or ends: before any nonza,
+        at the end of the stream, and when a resumption takes the session over (`counted`). An
+        <r/> is the exception: its answer is written when the gate's commit is done, by the task
+        that finishes it, while the reader goes on (`_answer_when_durable`). So a reader never
+        waits for the disk between stanzas, a burst shares its commits, and nothing is
+        acknowledged before it is durable."""
         events = self.proto.receive_data(data)
         pending = self.proto.data_to_send()
         if pending:
@@ -596,6 +598,8 @@ class Connection:
                 writes: list[PendingWrite] = []
                 await self._route(event.stanza, writes)
                 self._count_after(writes)
+                continue
+            if isinstance(event, c2s.NonzaIn) and self._answer_when_durable(event.element):
                 continue
             if self._gated:  # stanzas wait for a commit to be counted: settle them first
                 await self._count_all()  # its only wait, Database.settle's, is shielded
@@ -646,6 +650,23 @@ class Connection:
             if self._gate is gate:  # no newer gate meanwhile: everything gated is behind this one
                 stanzas, self._gated, self._gate = self._gated, 0, None
                 self._count(stanzas)
+
+    def _answer_when_durable(self, element: Element) -> bool:
+        """An <r/> while stanzas wait behind a gate: their count is answered once the gate's
+        commit is done, by the task that finishes it, and this reader goes on reading instead of
+        waiting for the disk (a phone asks after every message). True when it is so handled.
+        Answers stay in order: commits are, and a later <r/> counts at least as many."""
+        session, gate = self.session, self._gate
+        state = session.sm if session is not None else None
+        if state is None or gate is None or gate.finished or not sm.is_sm(element) or sm.local(element) != "r":
+            return False
+        h = (state.handled + self._gated) % MOD
+        self.server.db.after(gate, lambda: self._answer_durable(state, h))
+        return True
+
+    def _answer_durable(self, state: StreamManagement, h: int) -> None:
+        if self._serving and self.session is not None and self.session.sm is state:
+            self._push_bytes(state.ack_xml(h))  # a full outbox closes the session anyway
 
     def _count(self, stanzas: int) -> None:
         state = self.session.sm if self.session is not None else None

@@ -62,8 +62,9 @@ class StreamManagement:
         self.sent = h
         return again
 
-    def ack_xml(self) -> bytes:
-        return f"<a xmlns='{ns.SM}' h='{self.handled}'/>".encode()
+    def ack_xml(self, h: int | None = None) -> bytes:
+        """<a/> with the handled count, or with `h` (a count known to be durable already)."""
+        return f"<a xmlns='{ns.SM}' h='{self.handled if h is None else h}'/>".encode()
 
     def enabled_xml(self) -> bytes:
         if self.id is None:

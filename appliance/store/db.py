@@ -90,6 +90,7 @@ class _Job:
     # for (most write_soon jobs are never waited for).
     wake: trio.Event | None = None
     number: int = 0         # its place in line: commits take jobs in this order (see withdraw)
+    then: list[Callable[[], None]] | None = None  # called once it is committed (see after)
 
 
 PendingWrite = _Job
@@ -107,6 +108,15 @@ def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
         conn.execute("ROLLBACK TO job")
         job.error = error
     conn.execute("RELEASE job")
+
+
+def _call_then(batch: list[_Job]) -> None:
+    for job in batch:
+        for then in job.then or ():
+            try:
+                then()
+            except Exception:  # one caller's bug must not keep the others' answers
+                log.exception("a callback after a database commit failed")
 
 
 def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> None:
@@ -134,6 +144,8 @@ class Database:
         self._numbered = 0                 # jobs queued so far (the last job's number)
         self._taken = 0                    # the number of the last job a commit has taken
         self._flush_scheduled = False      # a task will commit write_soon changes nobody waits for
+        self._hurry_upto = 0               # the last job `after` wants committed soon
+        self._hurrying = False             # a task is bringing those commits about
         self._closed = False
         self._synchronous = writer.execute("PRAGMA synchronous").fetchone()[0]
         self._checkpointer: sqlite3.Connection | None = None  # opened by the first checkpoint
@@ -192,6 +204,30 @@ class Database:
         job.fn, job.args = _nothing, ()
         return True
 
+    def after(self, job: PendingWrite, then: Callable[[], None]) -> None:
+        """Call `then()` once `job` is committed (or failed), from the task that finished the
+        commit, at once if it is already; and see that the commit comes soon, as if a task waited
+        for it (commit_delay under load), without any task waiting: for an answer that must not
+        go out before the change is durable, while its asker goes on (an XEP-0198 <a/>)."""
+        if job.finished:
+            then()
+            return
+        job.then = [*(job.then or ()), then]
+        self._hurry_upto = max(self._hurry_upto, job.number)
+        if not self._hurrying:
+            self._hurrying = True
+            trio.lowlevel.spawn_system_task(self._hurry, name="database commit for answers")
+
+    async def _hurry(self) -> None:
+        try:
+            while self._taken < self._hurry_upto and self._queue:  # else a commit holds it
+                try:
+                    await self.settle(self._queue[-1])  # commits are in order: the last covers the rest
+                except Exception:  # the error belongs to the write's owner
+                    pass
+        finally:
+            self._hurrying = False
+
     async def settle(self, job: PendingWrite) -> Any:
         """Wait until `job` is committed (leading the commit if nobody is); its result or error."""
         # Shielded: the caller must learn whether its change committed, and a waiting call may be
@@ -237,6 +273,7 @@ class Database:
                 job.finished = True
                 if job.wake is not None:
                     job.wake.set()
+            _call_then(batch)
             self._leading = next((job for job in self._queue if job.waiting), None)
             if self._leading is not None and self._leading.wake is not None:
                 self._leading.wake.set()
@@ -318,6 +355,7 @@ class Database:
                 job.finished = True
                 if job.error is not None:
                     log.error("a deferred database write failed at close: %r", job.error)
+            _call_then(leftover)
         with self._lock, self._checkpoint_lock:
             if self._closed:
                 return
