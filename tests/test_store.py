@@ -9,6 +9,7 @@ import time
 import pytest
 import scramp
 import trio
+import trio.testing
 
 from appliance.store import offline, roster, schema, users
 from appliance.store import db as db_module
@@ -544,3 +545,31 @@ async def test_after_waits_for_a_running_commit_and_then_for_the_next(db, alice)
         while not seen:
             await trio.sleep(0.005)
     assert seen == [True]
+
+
+async def test_two_tasks_settling_one_queued_write_both_wait_for_its_commit(db, alice):
+    """A MAM query's flush and the lazy commit (or an <r/>'s answer) may wait for the same write
+    while another commit leads: both wait, and both return once it is committed. (The second
+    waiter used to get a NotImplementedError from `job.wake or ...`: a trio.Event has no truth
+    value; flush() swallowed it and returned before the commit.)"""
+    started, release = threading.Event(), threading.Event()
+    returned = []
+
+    def slow(conn):
+        started.set()
+        release.wait(5)
+
+    async def waiter(job):
+        await db.settle(job)
+        returned.append(job.finished)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.write, slow)  # leads a commit
+        await trio.to_thread.run_sync(started.wait, 5)
+        queued = db.write_soon(_add_item, "alice", "queued@x")
+        nursery.start_soon(waiter, queued)
+        nursery.start_soon(waiter, queued)
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == []
+        release.set()
+    assert returned == [True, True]

@@ -223,8 +223,8 @@ class Database:
             while self._taken < self._hurry_upto and self._queue:  # else a commit holds it
                 try:
                     await self.settle(self._queue[-1])  # commits are in order: the last covers the rest
-                except Exception:  # the error belongs to the write's owner
-                    pass
+                except Exception:  # the write's own error, after its commit: its owner's business
+                    break  # (and never a loop that raises without waiting)
         finally:
             self._hurrying = False
 
@@ -239,7 +239,8 @@ class Database:
                     self._leading = job
                 else:
                     job.waiting = True
-                    job.wake = job.wake or trio.Event()
+                    if job.wake is None:  # (a trio.Event has no truth value: `or` would raise)
+                        job.wake = trio.Event()
                     await job.wake.wait()
                 if not job.finished:
                     await self._commit_queued()
