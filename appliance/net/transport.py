@@ -135,7 +135,7 @@ class Transport(trio.abc.Stream):
         anything more is still in the kernel, where the wait for readability sees it at once."""
         if not data or len(data) >= max_bytes:
             return False
-        return not isinstance(self.sock, ssl.SSLSocket) or not self.sock.pending()
+        return not self.tls or not self.sock.pending()  # type: ignore[attr-defined]
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write `data`, after what send_now left unsent."""

@@ -220,11 +220,8 @@ class Database:
 
     async def _hurry(self) -> None:
         try:
-            while self._taken < self._hurry_upto and self._queue:  # else a commit holds it
-                try:
-                    await self.settle(self._queue[-1])  # commits are in order: the last covers the rest
-                except Exception:  # the write's own error, after its commit: its owner's business
-                    break  # (and never a loop that raises without waiting)
+            while self._taken < self._hurry_upto:  # a job `after` waits for is still queued
+                await self.flush()  # each round commits everything queued when it began
         finally:
             self._hurrying = False
 
