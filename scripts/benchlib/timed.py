@@ -23,33 +23,32 @@ _window_start = (0.0, 0.0)  # thread CPU, process CPU
 _written = 0
 
 
-def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    clock = time.thread_time
+def _add(label: str, started: float) -> None:
+    """One call of `label`, begun at thread CPU time `started`."""
+    step = _steps[label]
+    step[0] += 1
+    step[1] += time.thread_time() - started
 
+
+def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = clock()
+        started = time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            step = _steps[label]
-            step[0] += 1
-            step[1] += clock() - started
+            _add(label, started)
     return wrapper
 
 
 def _timed_async(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """For a coroutine that does not suspend on the measured path: if it does, the CPU of what
     ran meanwhile on this thread is counted too (`suspended` counts those calls)."""
-    clock = time.thread_time
-
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started, steps = clock(), _step_count[0]
+        started, steps = time.thread_time(), _step_count[0]
         try:
             return await fn(*args, **kwargs)
         finally:
-            step = _steps[label]
-            step[0] += 1
-            step[1] += clock() - started
+            _add(label, started)
             if _step_count[0] != steps:
                 _steps[label + " (suspended)"][0] += 1
     return wrapper
@@ -86,9 +85,7 @@ class _TaskSteps:
     def after_task_step(self, task: Any) -> None:
         if self.started is None:
             return
-        step = _steps[f"task step: {task.name.rsplit('.', 1)[-1]}"]
-        step[0] += 1
-        step[1] += time.thread_time() - self.started
+        _add(f"task step: {task.name.rsplit('.', 1)[-1]}", self.started)
         _step_count[0] += 1
 
 
