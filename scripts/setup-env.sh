@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
 # Creates .venv with the appliance and what `extra` asks for (default: nothing extra).
 # Sourced by run.sh and test.sh so both install what they need on a fresh machine.
+# The interpreter: $PYTHON if set; else the distribution's /usr/bin/python3 when it is 3.11 or newer
+# and can make a virtualenv (the one scripts/build-binary.sh builds the shipped binary with, and an
+# optimised build: Debian's is built with PGO and LTO, while a python3 built from source without
+# --enable-optimizations, such as pyenv's default, ran our pure-Python code 1.6 x slower here; see
+# docs/performance.md); else the first python3 on PATH. An existing .venv is kept: remove it to switch.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-python3}"
 extra="${1:-}"
+
+pick_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+  local system=/usr/bin/python3
+  if [ -x "$system" ] && "$system" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "$system"
+  else
+    echo python3
+  fi
+}
+
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  PY="$(pick_python)"
+  echo "setup-env: creating .venv with $PY ($("$PY" --version 2>&1))" >&2
   "$PY" -m venv "$ROOT/.venv"
   "$ROOT/.venv/bin/pip" install -q --upgrade pip
 fi

@@ -70,6 +70,14 @@ def _install() -> None:
     for cls, name in ((c2s.Connection, "_received"), (server.Server, "route"), (server.Server, "emit"),
                       (c2s.Connection, "_route")):
         setattr(cls, name, _timed_async(f"{cls.__name__}.{name}", getattr(cls, name)))
+    from appliance.core import router
+    add = router.RoutingTable.add
+
+    def add_timed(self: Any, kind: str, namespace: str, handler: Any, **options: Any) -> None:
+        """Every routing handler timed as 'hook KIND module.name' (added before the table freezes)."""
+        label = f"hook {kind} {handler.__module__.rsplit('.', 1)[-1]}.{handler.__name__}"
+        add(self, kind, namespace, _timed_async(label, handler), **options)
+    router.RoutingTable.add = add_timed  # type: ignore[method-assign]
 
 
 class _TaskSteps:
