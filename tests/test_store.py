@@ -463,11 +463,13 @@ async def test_a_withdrawn_write_is_not_run_but_finishes_in_its_place(db, alice)
     """Withdrawing a queued write (the durable copy of a message confirmed before its commit)
     skips its SQL, and the job still finishes with the commit of what was queued before it: an
     XEP-0198 count waiting for it must not run ahead of those writes."""
+    writes = db.writes
     before = db.write_soon(_add_item, "alice", "before@x")
     moot = db.write_soon(_add_item, "alice", "moot@x")
     assert db.withdraw(moot)
     await db.settle(moot)
     assert moot.finished and before.finished  # one commit: the earlier write is durable too
+    assert db.writes == writes + 1  # the withdrawn one changed nothing
     assert [item.contact for item in db.read(roster.get_roster, "alice")[1]] == ["before@x"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 from dataclasses import dataclass
 
 from lxml import etree
@@ -410,8 +411,10 @@ class StreamParser:
         if tail and tail.strip(_XML_WS):
             raise StreamError("bad-format", "text between stanzas")
         first = el.__copy__()  # lxml copies deeply; skips the copy module's memo machinery
-        etree.Element("holder").append(first)
+        holder = _holder()
+        holder.append(first)
         stanza = first.__copy__()
+        holder.remove(first)  # (one holder per thread: a new one per stanza was a document each time)
         stanza.tail = None
         el.clear()  # frees the subtree now, and spares remove() fixing its namespaces
         self._root.remove(el)  # type: ignore[union-attr]
@@ -438,6 +441,19 @@ class StreamParser:
         self._pending += size
         if self._pending > self._max_bytes:
             raise StreamError("policy-violation", f"stanza larger than {self._max_bytes} bytes")
+
+
+_holders = threading.local()
+
+
+def _holder() -> etree._Element:
+    """The parent a stanza's first copy is moved under, so that the second copy's document refers
+    to lxml's default parser (see StreamParser._detach); empty between two calls. One per thread:
+    lxml's default parser, and its name dictionary, are per thread."""
+    holder = getattr(_holders, "holder", None)
+    if holder is None:
+        holder = _holders.holder = etree.Element("holder")
+    return holder
 
 
 def _from_lxml(exc: Exception) -> StreamError:

@@ -101,6 +101,8 @@ def _nothing(conn: sqlite3.Connection) -> None:
 
 
 def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
+    if job.fn is _nothing:  # withdrawn: not even a savepoint (most durable copies of messages)
+        return
     conn.execute("SAVEPOINT job")
     try:
         job.result = job.fn(conn, *job.args)
@@ -322,7 +324,7 @@ class Database:
                     raise
                 return
             self.commits += 1
-            self.writes += sum(job.error is None for job in batch)
+            self.writes += sum(job.error is None and job.fn is not _nothing for job in batch)
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """One call in its own transaction, blocking; for the CLI and start-up, where no trio loop runs."""
