@@ -399,22 +399,22 @@ class StreamParser:
     def _detach(self, el: etree._Element) -> etree._Element:
         """Hands out a standalone copy and drops the original, so memory stays flat.
 
-        The copy lives in its own document and prints as <message xmlns="jabber:client">; merely
-        removing the original would print it as <ns0:message xmlns:ns0=...>. Only finished
-        elements and root text are ever removed: libxml2 still points at the open ones.
+        The copy prints as <message xmlns="jabber:client">; merely removing the original would
+        print it as <ns0:message xmlns:ns0=...>. Only finished elements and root text are ever
+        removed: libxml2 still points at the open ones.
 
         A copy's document refers to the parser that built the original, so a stored stanza (a
-        presence, a queued message) would keep this stream's lxml parser alive, released or not;
-        copied once more from a holder's document, it refers to lxml's default parser instead.
+        presence, a queued message) would keep this stream's lxml parser alive, released or not.
+        So the copy is moved into the holder's document (lxml's default parser) and out again: it
+        stays there as a parentless element of its own, needing no second copy.
         """
         tail = el.tail
         if tail and tail.strip(_XML_WS):
             raise StreamError("bad-format", "text between stanzas")
-        first = el.__copy__()  # lxml copies deeply; skips the copy module's memo machinery
+        stanza = el.__copy__()  # lxml copies deeply; skips the copy module's memo machinery
         holder = _holder()
-        holder.append(first)
-        stanza = first.__copy__()
-        holder.remove(first)  # (one holder per thread: a new one per stanza was a document each time)
+        holder.append(stanza)
+        holder.remove(stanza)
         stanza.tail = None
         el.clear()  # frees the subtree now, and spares remove() fixing its namespaces
         self._root.remove(el)  # type: ignore[union-attr]
@@ -447,9 +447,9 @@ _holders = threading.local()
 
 
 def _holder() -> etree._Element:
-    """The parent a stanza's first copy is moved under, so that the second copy's document refers
-    to lxml's default parser (see StreamParser._detach); empty between two calls. One per thread:
-    lxml's default parser, and its name dictionary, are per thread."""
+    """The element whose document a stanza's copy is moved into, so that it refers to lxml's
+    default parser rather than its stream's (see StreamParser._detach); it never keeps a child.
+    One per thread: lxml's default parser, and its name dictionary, are per thread."""
     holder = getattr(_holders, "holder", None)
     if holder is None:
         holder = _holders.holder = etree.Element("holder")
