@@ -75,7 +75,8 @@ def _install() -> None:
 
     def add_timed(self: Any, kind: str, namespace: str, handler: Any, **options: Any) -> None:
         """Every routing handler timed as 'hook KIND module.name' (added before the table freezes)."""
-        label = f"hook {kind} {handler.__module__.rsplit('.', 1)[-1]}.{handler.__name__}"
+        module = getattr(handler, "__module__", "?").rsplit(".", 1)[-1]
+        label = f"hook {kind} {module}.{getattr(handler, '__name__', '?')}"
         add(self, kind, namespace, _timed_async(label, handler), **options)
     router.RoutingTable.add = add_timed  # type: ignore[method-assign]
 
