@@ -553,9 +553,11 @@ async def test_two_tasks_settling_one_queued_write_both_wait_for_its_commit(db, 
     """A MAM query's flush and the lazy commit (or an <r/>'s answer) may wait for the same write
     while another commit leads: both wait, and both return once it is committed. (The second
     waiter used to get a NotImplementedError from `job.wake or ...`: a trio.Event has no truth
-    value; flush() swallowed it and returned before the commit.)"""
+    value; flush() swallowed it and returned before the commit.) Only one of them leads the
+    write's commit: the other waits for it instead of starting a commit of its own."""
     started, release = threading.Event(), threading.Event()
     returned = []
+    commits = db.commits
 
     def slow(conn):
         started.set()
@@ -575,3 +577,4 @@ async def test_two_tasks_settling_one_queued_write_both_wait_for_its_commit(db, 
         assert returned == []
         release.set()
     assert returned == [True, True]
+    assert db.commits == commits + 2  # the slow write's, then one for the queued write

@@ -90,6 +90,7 @@ class _Job:
     # for (most write_soon jobs are never waited for).
     wake: trio.Event | None = None
     number: int = 0         # its place in line: commits take jobs in this order (see withdraw)
+    led: bool = False       # a task has taken the lead of the commit that holds it (see settle)
     then: list[Callable[[], None]] | None = None  # called once it is committed (see after)
 
 
@@ -237,15 +238,23 @@ class Database:
                 if self._leading is None:
                     self._leading = job
                 else:
-                    job.waiting = True
-                    if job.wake is None:  # (a trio.Event has no truth value: `or` would raise)
-                        job.wake = trio.Event()
-                    await job.wake.wait()
-                if not job.finished:
+                    await self._wait_for(job)
+                if not job.finished and not job.led:
+                    job.led = True  # handed the lead, two tasks waiting for it wake: one leads
                     await self._commit_queued()
+                while not job.finished:  # another task waiting for the same job leads its commit
+                    await self._wait_for(job)
         if job.error is not None:
             raise job.error
         return job.result
+
+    @staticmethod
+    async def _wait_for(job: _Job) -> None:
+        """Until the job is committed, or its turn to lead a commit comes."""
+        job.waiting = True
+        if job.wake is None or job.wake.is_set():  # (no `or`: a trio.Event has no truth value)
+            job.wake = trio.Event()
+        await job.wake.wait()
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed: for readers that must see them (an
