@@ -72,8 +72,13 @@ class Route:
 
     @property
     def owner(self) -> str:
-        module = getattr(self.handler, "__module__", "?").rsplit(".", 1)[-1]
-        return f"{module}.{getattr(self.handler, '__name__', '?')}"
+        return handler_name(self.handler)
+
+
+def handler_name(handler: Handler) -> str:
+    """'module.function' of a routing handler, for listings and measurements."""
+    module = getattr(handler, "__module__", "?").rsplit(".", 1)[-1]
+    return f"{module}.{getattr(handler, '__name__', '?')}"
 
 
 class RoutingTable:
@@ -133,5 +138,5 @@ def parse_to(el: Element) -> JID | None:
     return JID.parse(to) if to else None
 
 
-__all__ = ["ALL_TARGETS", "ANY", "LOCAL_ACCOUNTS", "Handler", "InvalidJID", "Route", "Routed",
+__all__ = ["ALL_TARGETS", "ANY", "LOCAL_ACCOUNTS", "Handler", "InvalidJID", "Route", "Routed", "handler_name",
            "RoutingTable", "Target", "classify", "namespaces_of", "parse_to"]

@@ -75,9 +75,7 @@ def _install() -> None:
 
     def add_timed(self: Any, kind: str, namespace: str, handler: Any, **options: Any) -> None:
         """Every routing handler timed as 'hook KIND module.name' (added before the table freezes)."""
-        module = getattr(handler, "__module__", "?").rsplit(".", 1)[-1]
-        label = f"hook {kind} {module}.{getattr(handler, '__name__', '?')}"
-        add(self, kind, namespace, _timed_async(label, handler), **options)
+        add(self, kind, namespace, _timed_async(f"hook {kind} {router.handler_name(handler)}", handler), **options)
     router.RoutingTable.add = add_timed  # type: ignore[method-assign]
 
 
