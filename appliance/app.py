@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -37,7 +38,11 @@ def build_server(config: Config, db: Database) -> Server:
 
 
 async def run(config: Config, *, handle_signals: bool = True,
+              when_serving: Callable[[Running], Awaitable[None]] | None = None,
               task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until `stop` is set (SIGTERM/SIGINT when handle_signals). `when_serving` runs once every
+    listener is up, as a task of the server's own nursery: a stop cancels it and waits for it (a
+    write it began still commits) before the database closes under it."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if certs.ensure_certificate(config.cert_path, config.key_path, config.domain):
         log.info("created a self-signed certificate %s (SHA-256 %s)", config.cert_path,
@@ -68,14 +73,17 @@ async def run(config: Config, *, handle_signals: bool = True,
                 nursery.start_soon(mdns.announce, config, ports[0], tls_ports[0],
                                    certs.fingerprint_sha256(config.cert_path), http_url)
             log.info("serving %s (database %s)", config.domain, config.database_path)
-            task_status.started(Running(server, ports, tls_ports, stop))
+            running = Running(server, ports, tls_ports, stop)
+            if when_serving is not None:
+                nursery.start_soon(when_serving, running)
+            task_status.started(running)
             await stop.wait()
             log.info("shutting down: closing %d sessions", len(server.sessions))
             sdnotify.notify("STOPPING=1")
             await service.shutdown()
             nursery.cancel_scope.cancel()
     finally:
-        db.close()
+        await db.aclose()
         log.info("stopped; database closed cleanly")
 
 

@@ -503,6 +503,35 @@ async def test_close_commits_what_write_soon_left(tmp_path):
         assert again.read(roster.count_items, "alice") == 1
 
 
+async def test_aclose_waits_for_a_commit_whose_thread_has_not_begun(tmp_path):
+    """A stop while a commit's batch is taken but its worker thread has not begun (here: held at
+    the writer's thread limiter): close() alone could not see it and would shut the connection
+    under it, failing the write; aclose() lets it commit first (the CI failure of a SIGTERM
+    during the first-start invite's write)."""
+    path = tmp_path / "db.sqlite3"
+    db = Database.open(path)
+    db.write_sync(users.create_user, "alice", "pw", ITERATIONS)
+    outcomes = []
+
+    async def write() -> None:
+        outcomes.append(await db.write(_add_item, "alice", "in-flight@x"))
+
+    async with trio.open_nursery() as nursery:
+        await db._limiter.acquire()
+        try:
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert db._batch, "the commit has taken its batch"
+            nursery.start_soon(db.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not db._closed
+        finally:  # (else a failure here would leave the write's thread waiting forever)
+            db._limiter.release()
+    assert len(outcomes) == 1 and db._closed  # the write returned (it raised nothing)
+    with Database.open(path) as again:
+        assert again.read(roster.count_items, "alice") == 1
+
+
 async def test_after_calls_back_once_committed_and_soon_without_a_waiting_task(db, alice):
     """`after` (an XEP-0198 <a/> for a phone's <r/>): nobody waits, yet the commit comes well
     before the lazy one (LAZY_SECONDS), and the callbacks run in the order of the writes, after

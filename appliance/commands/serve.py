@@ -30,16 +30,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Config) -> None:
-    async with trio.open_nursery() as nursery:
-        running = await nursery.start(app.run, config)
-        await first_start.announce(running.server, certs.fingerprint_sha256(config.cert_path))
-        _tell_systemd_ready(nursery, config, running.stop)
+    await app.run(config, when_serving=lambda running: _announce_then_ready(config, running))
 
 
-def _tell_systemd_ready(nursery: trio.Nursery, config: Config, stopping: trio.Event) -> None:
+async def _announce_then_ready(config: Config, running: app.Running) -> None:
     """Under systemd (the image's Type=notify unit): ready once every listener accepts and the
     first-start invite is out (units ordered after this one, e.g. a console login prompt, come after
-    it), then the watchdog petted from this event loop until the server stops."""
+    it), then the watchdog petted from this event loop until the server stops. A task of the
+    server's nursery: a stop during the invite's write waits for it before the database closes."""
+    await first_start.announce(running.server, certs.fingerprint_sha256(config.cert_path))
     sdnotify.notify(f"READY=1\nSTATUS=serving {config.domain}")
     if (interval := sdnotify.watchdog_interval()) is not None:
-        nursery.start_soon(sdnotify.pet_watchdog, interval, stopping)
+        await sdnotify.pet_watchdog(interval, running.stop)

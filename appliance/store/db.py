@@ -353,6 +353,15 @@ class Database:
         self._check_open()
         return _transaction(self._reader, "BEGIN DEFERRED", fn, args)
 
+    async def aclose(self) -> None:
+        """close(), once the commit in flight (if any) has finished: a commit whose batch a task
+        has taken but whose worker thread has not yet begun is invisible to close(), which would
+        shut the connection under it and fail every write in it (a stop in the middle of one)."""
+        with trio.CancelScope(shield=True):  # a stop is often a cancellation: the writes still land
+            while self._batch and not self._closed:
+                await self.flush()
+        self.close()
+
     def close(self) -> None:
         """Commit what write_soon left queued, checkpoint the WAL into the main file and close both
         connections. Idempotent."""
