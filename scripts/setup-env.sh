@@ -5,19 +5,31 @@
 # and can make a virtualenv (the one scripts/build-binary.sh builds the shipped binary with, and an
 # optimised build: Debian's is built with PGO and LTO, while a python3 built from source without
 # --enable-optimizations, such as pyenv's default, ran our pure-Python code 1.6 x slower here; see
-# docs/performance.md); else the first python3 on PATH. An existing .venv is kept: remove it to switch.
+# docs/performance.md); else the first python3 on PATH that can; else, when neither can and apt-get
+# is there (a fresh Debian), /usr/bin/python3 after installing python3-venv. An existing .venv is
+# kept: remove it to switch.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extra="${1:-}"
 
+can_make_venv() {  # Debian ships venv and ensurepip apart from python3 (package python3-venv)
+  "$1" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+
 pick_python() {
   if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
   local system=/usr/bin/python3
-  if [ -x "$system" ] && "$system" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo "$system"
-  else
-    echo python3
+  if [ -x "$system" ] && can_make_venv "$system"; then echo "$system"; return; fi
+  if command -v python3 >/dev/null && can_make_venv python3; then echo python3; return; fi
+  # A fresh Debian or Raspberry Pi OS: python3 is there, its venv module is not.
+  if [ -x "$system" ] && "$system" -c 'import sys; sys.exit(sys.version_info < (3, 11))' && command -v apt-get >/dev/null; then
+    echo "setup-env: installing python3-venv (Debian keeps venv out of python3)" >&2
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    echo "$system"; return
   fi
+  echo python3  # whatever it is: its own error says what is missing
 }
 
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
