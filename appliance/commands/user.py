@@ -1,6 +1,8 @@
 """`appliance user add|passwd|del|list`: manage accounts, also while the server is running.
 
 The server may hold the same database open; WAL and the busy timeout let both processes share it.
+`del` goes through the running server when one answers on this machine (commands/local_api.py),
+so that the account's open sessions are closed too; without one, it works on the database alone.
 A password never appears as a plain argument (visible in `ps`): it comes from --password-file, from
 stdin when stdin is not a terminal, or from a twice-typed prompt.
 """
@@ -14,10 +16,12 @@ import sqlite3
 import sys
 from pathlib import Path
 from typing import Callable, ContextManager
+from urllib.parse import quote
 
 from scramp import ScramException
 
 from appliance.commands import load_config
+from appliance.commands.local_api import LocalApi, ServerUnreachable
 from appliance.config import Config
 from appliance.proto.jid import InvalidJID, normalise_domain, normalise_local
 from appliance.store import users
@@ -106,14 +110,36 @@ def run_passwd(args: argparse.Namespace) -> int:
 
 
 def run_del(args: argparse.Namespace) -> int:
+    """Through the running server when there is one (it closes the account's open sessions),
+    else on the database alone."""
     config = load_config(args)
     name = parse_name(args.name, config.domain)
     jid = f"{name}@{config.domain}"
-    with open_existing(config) as db:
-        if db is None or not db.write_sync(users.delete_user, name):
-            return _missing(jid)
+    removed = _remove_through_server(config, name)
+    if removed is None:
+        with open_existing(config) as db:
+            removed = db is not None and db.write_sync(users.delete_user, name)
+    if not removed:
+        return _missing(jid)
     print(f"deleted user {jid} with its roster and offline messages")
     return OK
+
+
+def _remove_through_server(config: Config, name: str) -> bool | None:
+    """True if the running server removed the account, False if it has no such account, None if
+    no server answers for this data directory (or it cannot be asked: the web server is off, and
+    then any open sessions of the account stay until they end; the warning says so)."""
+    if not config.http.enabled:
+        print("note: with the web server off ([http] enabled = false) a running server is not told: "
+              "the account's open sessions stay until they disconnect", file=sys.stderr)
+        return None
+    try:
+        status, answer = LocalApi.for_config(config).call("DELETE", f"/api/v1/users/{quote(name, safe='')}")
+    except ServerUnreachable:  # not running (no key file, or nothing answers): the database alone
+        return None
+    if status in (204, 404):
+        return status == 204
+    raise OSError(f"the running server refused: {answer.get('reason', f'HTTP {status}')}")
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from appliance.store import api_keys
 
 PREFIX = "/api"
 TOUCH_EVERY = 60.0      # seconds between two writes of a key's last_used
-_ERROR_CODES = {400: "invalid-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
+_ERROR_CODES = {400: "invalid-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
                 413: "too-large", 422: "unprocessable"}
 _FIELDS = {"title", "body", "link", "priority", "ttl", "to"}
 
@@ -216,8 +216,8 @@ def api_routes(server: Server, config: Config) -> list[BaseRoute]:
         Route("/v1/notifications", _notifications, methods=["GET", "POST"]),
         Route("/v1/notifications/{id:int}", show_notification, methods=["GET"]),
     ]
-    from appliance.web import api_groups, openapi  # here: they import this module's helpers
-    routes += api_groups.group_routes() + openapi.openapi_routes()
+    from appliance.web import api_groups, api_users, openapi  # here: they import this module's helpers
+    routes += api_groups.group_routes() + api_users.user_routes() + openapi.openapi_routes()
     app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
     app.state.api = ApiContext(server, config)
     return [Mount(PREFIX, app=app)]

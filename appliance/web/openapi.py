@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 description of the HTTP API, served at `GET /api/v1/openapi.json` without a key.
 
-Written by hand, next to the routes it describes (web/api.py, web/api_groups.py); the limits come
-from the running configuration, so a client generator sees the real maximum title length and body
-size. tests/test_api_errors.py checks that every route the app has under /api/ is described here
+Written by hand, next to the routes it describes (web/api.py, web/api_groups.py, web/api_users.py);
+the limits come from the running configuration, so a client generator sees the real maximum title
+length and body size. tests/test_api_errors.py checks that every route the app has under /api/ is described here
 and nothing else, so this file cannot silently fall behind the code.
 """
 
@@ -22,6 +22,7 @@ JSON = "application/json"
 _ERROR_STATUSES = {
     "400": "Invalid request: malformed JSON, a bad field or value (the reason says which)",
     "401": "No, unknown or revoked API key (with WWW-Authenticate: Bearer)",
+    "403": "This key may not do this (removing accounts is for the local key of `appliance user del`)",
     "404": "No such notification, group or user",
     "413": "The request body is larger than [notifications] max_request_bytes",
     "415": "The request body is not application/json",
@@ -90,6 +91,11 @@ def _paths() -> dict[str, Any]:
             "delete": _operation("Delete a group (not its users)", {"204": _answer("Deleted")}, ("404",),
                                  parameters=group_name),
         },
+        "/api/v1/users/{name}": {
+            "delete": _operation("Remove an account and close its sessions (the local key only)",
+                                 {"204": _answer("Removed")}, ("403", "404"),
+                                 parameters=_path_parameter("name", {"type": "string"})),
+        },
         "/api/v1/openapi.json": {
             "get": {"summary": "This description", "security": [],
                     "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {}}}}},
@@ -146,7 +152,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Chat appliance API ({config.domain})", "version": __version__,
-                 "description": "Notifications and groups; docs/notifications.md. Request bodies at most "
+                 "description": "Notifications, groups, and account removal for the local CLI; "
+                                "docs/notifications.md. Request bodies at most "
                                 f"{config.notifications.max_request_bytes} bytes."},
         "security": [{"bearer": []}],
         "paths": _paths(),
