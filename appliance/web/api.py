@@ -34,8 +34,8 @@ from appliance.store import api_keys
 
 PREFIX = "/api"
 TOUCH_EVERY = 60.0      # seconds between two writes of a key's last_used
-_ERROR_CODES = {400: "invalid-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
-                413: "too-large", 422: "unprocessable"}
+_ERROR_CODES = {400: "invalid-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
+                405: "method-not-allowed", 413: "too-large", 422: "unprocessable"}
 _FIELDS = {"title", "body", "link", "priority", "ttl", "to"}
 
 
