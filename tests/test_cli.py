@@ -156,6 +156,27 @@ def test_serve_with_bad_config_refuses_to_start(tmp_path: Path) -> None:
     assert "allow_registration must be true or false" in result.stderr
 
 
+@pytest.mark.parametrize("address, why", [
+    ("127.0.0.1", "Address already in use. Another program holds it: is the appliance already running? "
+                  "Stop that one, or choose other ports in the configuration"),
+    ("192.0.2.1", "Cannot assign requested address. No such address on this machine: check `listen` in "
+                  "the configuration"),  # TEST-NET-1: on no machine
+])
+def test_serve_on_a_port_it_cannot_open_says_why_in_one_line(server: ServerProcess, tmp_path: Path,
+                                                             address: str, why: str) -> None:
+    """The running test server's c2s port again (a second server started by mistake), or an
+    address this machine does not have: exit 1 and one line naming the port and what to do."""
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'domain = "second.test"\ndata_dir = "{tmp_path / "data"}"\nlisten = ["{address}"]\n'
+                      f"c2s_port = {server.port}\nc2s_tls_port = 0\n"
+                      "[http]\nenabled = false\n[mdns]\nenabled = false\n[components]\nport = 0\n")
+    result = appliance("serve", "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("appliance serve:")]
+    assert said == [f"appliance serve: could not listen for clients on port {server.port} ({address}): {why}"]
+
+
 # ---- routes, version ----------------------------------------------------------------------------------------
 
 

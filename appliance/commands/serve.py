@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import trio
 
@@ -12,6 +13,7 @@ from appliance import app
 from appliance.commands import load_config
 from appliance.config import Config
 from appliance.net import certs, sdnotify
+from appliance.net.listeners import ListenError
 from appliance.pairing import first_start
 
 
@@ -25,8 +27,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     level = (args.log_level or config.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trio.run(_serve, config)
-    return 0
+    refused: list[BaseException] = []
+    try:
+        trio.run(_serve, config)
+    except* ListenError as failed:  # a port in use, or not ours to open: one line, not a traceback
+        refused += failed.exceptions
+    for error in refused:
+        print(f"appliance serve: {error}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 async def _serve(config: Config) -> None:
