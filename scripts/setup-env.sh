@@ -11,9 +11,15 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extra="${1:-}"
+# shellcheck source=lib/apt-install.sh
+. "$ROOT/scripts/lib/apt-install.sh"
+
+is_311_or_newer() {
+  "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
 
 can_make_venv() {  # Debian ships venv and ensurepip apart from python3 (package python3-venv)
-  "$1" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+  is_311_or_newer "$1" && "$1" -c 'import ensurepip, venv' 2>/dev/null
 }
 
 pick_python() {
@@ -22,11 +28,9 @@ pick_python() {
   if [ -x "$system" ] && can_make_venv "$system"; then echo "$system"; return; fi
   if command -v python3 >/dev/null && can_make_venv python3; then echo python3; return; fi
   # A fresh Debian or Raspberry Pi OS: python3 is there, its venv module is not.
-  if [ -x "$system" ] && "$system" -c 'import sys; sys.exit(sys.version_info < (3, 11))' && command -v apt-get >/dev/null; then
+  if [ -x "$system" ] && is_311_or_newer "$system" && command -v apt-get >/dev/null; then
     echo "setup-env: installing python3-venv (Debian keeps venv out of python3)" >&2
-    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    install_debs python3-venv
     echo "$system"; return
   fi
   echo python3  # whatever it is: its own error says what is missing

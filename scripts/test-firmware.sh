@@ -8,6 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
+# shellcheck source=lib/apt-install.sh
+. "$ROOT/scripts/lib/apt-install.sh"
 need_debs=()
 command -v qemu-system-aarch64 >/dev/null || need_debs+=(qemu-system-arm ipxe-qemu)
 [ -x /usr/bin/qemu-aarch64-static ] || need_debs+=(qemu-user-static)
@@ -21,11 +23,7 @@ command -v ip >/dev/null || need_debs+=(iproute2)
 # scripts/build-binary.sh freezes Debian's python3 (a stripped libpython, the same as on arm64)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_debs+=(python3 python3-venv)
 ldconfig -p | grep 'libpython3\.11\.so\.1\.0' >/dev/null || need_debs+=(libpython3.11)
-if [ ${#need_debs[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
-fi
+install_debs "${need_debs[@]}"
 
 "$ROOT/scripts/setup-env.sh" test
 "$ROOT/scripts/build-binary.sh"                          # x86_64 onefile and onedir

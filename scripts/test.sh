@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
+# shellcheck source=lib/apt-install.sh
+. "$ROOT/scripts/lib/apt-install.sh"
 need_debs=()
 command -v go-sendxmpp >/dev/null || need_debs+=(go-sendxmpp)
 command -v ip >/dev/null || need_debs+=(iproute2)   # tests/netem.py: network namespaces (root only)
@@ -13,11 +15,7 @@ command -v tmux >/dev/null || need_debs+=(tmux)                  # tests/test_ch
 command -v chromium >/dev/null || need_debs+=(chromium)         # the invite page rendered headless
 command -v chromedriver >/dev/null || need_debs+=(chromium-driver)  # Selenium drives the admin page (never downloads a driver)
 command -v avahi-browse >/dev/null || need_debs+=(avahi-utils avahi-daemon dbus)  # a second mDNS browser
-if [ ${#need_debs[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
-fi
+install_debs "${need_debs[@]}"
 
 "$ROOT/scripts/setup-env.sh" test
 if [ -f tests/js/package.json ]; then
