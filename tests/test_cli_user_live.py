@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+from appliance.store import users
 from tests.api_client import Api, create_key, database, web_server
 from tests.harness import ServerProcess
 from tests.slix import connected, run
@@ -26,7 +27,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
 
 def _exists(server: ServerProcess, name: str) -> bool:
     with database(server) as conn:
-        return conn.execute("SELECT 1 FROM users WHERE username = ?", (name,)).fetchone() is not None
+        return users.user_exists(conn, name)
 
 
 def test_del_closes_the_open_sessions_of_the_account(served: tuple[ServerProcess, int]) -> None:

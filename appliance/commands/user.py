@@ -129,13 +129,12 @@ def _remove_through_server(config: Config, name: str) -> bool | None:
     """True if the running server removed the account, False if it has no such account, None if
     no server answers for this data directory (or it cannot be asked: the web server is off, and
     then any open sessions of the account stay until they end; the warning says so)."""
-    if not config.http.enabled:
-        print("note: with the web server off ([http] enabled = false) a running server is not told: "
-              "the account's open sessions stay until they disconnect", file=sys.stderr)
-        return None
     try:
         status, answer = LocalApi.for_config(config).call("DELETE", f"/api/v1/users/{quote(name, safe='')}")
-    except ServerUnreachable:  # not running (no key file, or nothing answers): the database alone
+    except ServerUnreachable:  # not running (no key file, nothing answers), or the web server is off
+        if not config.http.enabled:
+            print("note: with the web server off ([http] enabled = false) a running server is not told: "
+                  "the account's open sessions stay until they disconnect", file=sys.stderr)
         return None
     if status in (204, 404):
         return status == 204
